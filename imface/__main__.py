@@ -1,0 +1,3 @@
+from imface.cli import main
+
+raise SystemExit(main())

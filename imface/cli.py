@@ -1,0 +1,78 @@
+"""Command line: ``python -m imface <command> ...``.
+
+Each command lives in the module that implements it; that module exposes
+``add_arguments(parser)`` and ``run(args) -> int`` (or ``add_<cmd>_arguments`` / ``run_<cmd>`` when
+one module serves several commands). The table below is the only place that lists
+them, and modules are imported only when their command runs (torch imports are slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from imface.errors import UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("imface.io", "show what a checkpoint holds"),
+    "synth": ("imface.data.synth", "make a synthetic FaceScape-like corpus from the Anny head"),
+    "prepare": ("imface.data.prepare_cli", "preprocess scans into cached SDF samples"),
+    "train": ("imface.train", "train ImFace on a prepared corpus (torchrun for several GPUs)"),
+    "eval": ("imface.evaluate", "evaluate a checkpoint against the PCA baseline"),
+    "fit": ("imface.fit", "fit the model to a scan (any pose and unit)"),
+    "correspond": ("imface.correspond", "dense correspondence between two faces"),
+    "generate": ("imface.generate", "sample random faces from the code statistics"),
+    "rig": ("imface.generate_rig", "export a 20-expression rig for a fitted identity"),
+    "extract": ("imface.extract", "extract a face mesh for given codes"),
+    "export-topology": ("imface.extract", "write a shared template topology mesh"),
+}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    """Commands whose implementing module is present in this installation."""
+    return {
+        name: entry
+        for name, entry in COMMANDS.items()
+        if importlib.util.find_spec(entry[0]) is not None
+    }
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m imface", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = available_commands()
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # import only the module of the command that runs
+            add_arguments, run = _hooks(importlib.import_module(module_name), name)
+            add_arguments(p)
+            p.set_defaults(_run=run)
+    return parser
+
+
+def _hooks(module, name: str):
+    slug = name.replace("-", "_")
+    add = getattr(module, f"add_{slug}_arguments", None) or module.add_arguments
+    run = getattr(module, f"run_{slug}", None) or module.run
+    return add, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

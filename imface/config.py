@@ -1,0 +1,178 @@
+"""Configuration dataclasses. Every checkpoint stores its ``ModelConfig`` as JSON.
+
+Sizes follow the ImFace paper / official code in ``ModelConfig.paper()``; the default is a smaller
+network that trains and morphs at interactive rates on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# iBUG-68 indices of the 5 Neural Blend-Field landmarks: outer eye corners, nose tip, mouth corners.
+BLEND_LANDMARK_IBUG68 = (36, 45, 30, 48, 54)
+
+Deformation = Literal["translation", "se3"]
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of the ImFace / ImFace++ network."""
+
+    id_dim: int = 64  # z_id
+    exp_dim: int = 64  # z_exp
+    n_landmarks: int = 5  # local nets per Neural Blend-Field
+    deformation: Deformation = "translation"  # warp type of ExpNet and IDNet
+    siren_width: int = 64  # hidden width of every local net psi_n
+    siren_hidden_layers: int = 3
+    siren_omega0: float = 30.0  # sin(omega0 * x) in the first layer (SIREN)
+    positional_encoding: int = 0  # NeRF frequencies of x - l_n; 0 = off
+    hyper_hidden: tuple[int, ...] = (64, 32)  # hyper-net hidden layers (ReLU)
+    hyper_out_scale: float = 1e-2  # initial scale of the hyper nets' output layers
+    split_codes: bool = True  # ImFace++: each local net reads its own 1/n slice of the code
+    fusion_width: int = 64  # Fusion Network (LayerNorm + LeakyReLU) -> softmax over landmarks
+    landmark_hidden: tuple[int, ...] = (256, 256)  # Landmark-Nets eta and eta'
+    # ImFace++ refinement (detail) field in template space
+    detail: bool = False
+    detail_dim: int = 32
+    detail_width: int = 64
+    detail_hidden_layers: int = 3
+    detail_frequencies: int = 6  # positional encoding of template coordinates
+    detail_max: float = 0.05  # r = detail_max * tanh(g) / (1 + (s / detail_band)^4)
+    detail_band: float = 0.02
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> ModelConfig:
+        """The sizes of the paper / official code (z = 128, SIREN width 128, hyper 128-128)."""
+        base = dict(
+            id_dim=128,
+            exp_dim=128,
+            siren_width=128,
+            siren_hidden_layers=3,
+            hyper_hidden=(128, 128),
+            fusion_width=128,
+            landmark_hidden=(256, 256),
+            detail_dim=64,
+            detail_width=128,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ModelConfig:
+        """A very small network for tests."""
+        base = dict(
+            id_dim=10,
+            exp_dim=10,
+            siren_width=16,
+            siren_hidden_layers=2,
+            hyper_hidden=(16,),
+            fusion_width=16,
+            landmark_hidden=(32,),
+            detail_dim=8,
+            detail_width=16,
+            detail_hidden_layers=2,
+            detail_frequencies=2,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> None:
+        if self.deformation not in ("translation", "se3"):
+            raise ValueError(f"deformation must be 'translation' or 'se3', not {self.deformation!r}")
+        for name in ("id_dim", "exp_dim", "n_landmarks", "siren_width", "siren_hidden_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.detail and self.detail_dim < 1:
+            raise ValueError("detail_dim must be positive when the detail field is on")
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        values = dict(data)
+        for key, value in values.items():
+            if isinstance(value, list):  # JSON has no tuples
+                values[key] = tuple(value)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass
+class LossWeights:
+    """Training loss weights (official values; IMFACE.md)."""
+
+    sdf: float = 3000.0
+    normal: float = 100.0
+    eikonal: float = 50.0  # observation space
+    eikonal_canonical: float = 50.0
+    landmark: float = 1000.0  # eta
+    landmark_neutral: float = 1000.0  # eta'
+    landmark_consistency: float = 100.0
+    embedding: float = 1e6
+    correction: float = 100.0
+    neutral_suppression: float = 100.0
+    detail_sdf: float = 3000.0
+    detail_normal: float = 100.0
+    detail_embedding: float = 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    """Auto-decoder training schedule."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: LossWeights = field(default_factory=LossWeights)
+    epochs: int = 200
+    scans_per_batch: int = 8
+    points_per_scan: int = 4096  # half on the surface, half in the sphere
+    lr: float = 1e-4
+    code_lr: float = 1e-3
+    lr_decay: float = 0.95
+    lr_decay_every: int = 10  # epochs
+    lr_decay_after: int = 200  # epochs
+    code_init_std: float = 0.01
+    detail_start_epoch: int = 0  # ImFace++ detail stage starts here (if model.detail)
+    detail_ramp_epochs: int = 20  # cosine ramp of the detail losses
+    checkpoint_every: int = 200  # steps
+    seed: int = 0
+    amp: bool = True  # mixed precision on CUDA
+    workers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        model = ModelConfig.from_dict(values.pop("model", {}))
+        losses = LossWeights(**values.pop("losses", {}))
+        return cls(model=model, losses=losses, **values)
+
+
+@dataclass
+class FitConfig:
+    """Fitting codes to a scan (Eq. 17) with our speed-ups."""
+
+    iterations: int = 300
+    lr: float = 1e-2
+    points_per_step: int = 8192
+    restarts: int = 1
+    init: Literal["mean", "zeros"] = "mean"
+    embedding_weight: float = 1e2
+    seed: int = 0
