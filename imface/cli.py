@@ -33,11 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def available_commands() -> dict[str, tuple[str, str]]:
     """Commands whose implementing module is present in this installation."""
-    return {
-        name: entry
-        for name, entry in COMMANDS.items()
-        if importlib.util.find_spec(entry[0]) is not None
-    }
+    return {name: entry for name, entry in COMMANDS.items() if importlib.util.find_spec(entry[0]) is not None}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

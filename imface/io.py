@@ -245,7 +245,9 @@ def _parse_codes(path, metadata, tensors, config: ModelConfig) -> TrainedCodes:
         detail_keys=list(labels.get("detail_keys", [])),
     )
     if len(codes.identity_labels) not in (0, z_id.shape[0]):
-        raise CheckpointError(f"{path}: {len(codes.identity_labels)} identity labels for {z_id.shape[0]} codes")
+        raise CheckpointError(
+            f"{path}: {len(codes.identity_labels)} identity labels for {z_id.shape[0]} codes"
+        )
     if len(codes.expression_labels) not in (0, z_exp.shape[0]):
         raise CheckpointError(
             f"{path}: {len(codes.expression_labels)} expression labels for {z_exp.shape[0]} codes"
