@@ -186,7 +186,8 @@ def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
 
 def markdown(summary: dict) -> str:
     lines = [
-        "| expression | ImFace Chamfer (mm) | PCA Chamfer (mm) | ImFace F@1mm | PCA F@1mm | ImFace F@2.5mm | PCA F@2.5mm |",
+        "| expression | ImFace Chamfer (mm) | PCA Chamfer (mm) | ImFace F@1mm | PCA F@1mm "
+        "| ImFace F@2.5mm | PCA F@2.5mm |",
         "|---|---|---|---|---|---|---|",
     ]
 
