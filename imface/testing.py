@@ -105,6 +105,17 @@ def _calibrate_warps(model: ImFace, target_rms: float, seed: int) -> None:
             rms = float((moved - x).norm(dim=-1).pow(2).mean().sqrt())
             field.hypers[-1].weights[-1].mul_(target_rms / max(rms, 1e-9) / math.sqrt(2))
             prep = model.prepare(codes)
+    _shrink_correction(model.id_field, 0.1)
+
+
+def _shrink_correction(field, factor: float) -> None:
+    """IDNet's last channel is the SDF correction delta: keep it a small correction, as trained
+    models do (it is L1-regularised), rather than as large as the warp."""
+    out_f, in_f = field.shapes[-1]
+    weight = field.hypers[-1].weights[-1]  # (G, out_f * in_f + out_f, hidden)
+    rows = list(range((out_f - 1) * in_f, out_f * in_f)) + [out_f * in_f + out_f - 1]
+    with torch.no_grad():
+        weight[:, rows] *= factor
 
 
 def sample_codes(config: ModelConfig, seed: int = 0, std: float = 0.3, faces: int = 1) -> Codes:
