@@ -4,7 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# small tensors: one thread avoids OpenMP spin-waiting, which is slow on a busy 2-core machine
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
