@@ -1,6 +1,6 @@
 """Interactive extraction benchmark: prints one JSON line.
 
-    python benchmarks/morph.py [--resolution 256] [--checkpoint resources/imface_default.safetensors]
+    python benchmarks/morph.py [--resolution 256] [--checkpoint PATH] [--threads N]
 
 Measures, in one run and for the same codes: the dense R^3 extraction (the official method), the
 narrow band (time, fraction of grid points evaluated), band reuse after a small code step, and
@@ -34,10 +34,18 @@ def load_model(path: str, steps: int):
         model = ckpt.model.eval()
         codes = ckpt.codes
         if codes is not None and hasattr(codes, "z_exp"):
-            return model, Codes(codes.z_id[:1].clone(), codes.z_exp[:1].clone()), f"checkpoint:{path}"
+            return (
+                model,
+                Codes(codes.z_id[:1].clone(), codes.z_exp[:1].clone()),
+                f"checkpoint:{path}",
+            )
         return model, sample_codes(model.config, seed=0, std=0.1), f"checkpoint:{path}"
     model = face_like_model(ModelConfig(), steps=steps)
-    return model, sample_codes(model.config, seed=0), f"face_like_model(default ModelConfig, {steps} steps)"
+    return (
+        model,
+        sample_codes(model.config, seed=0),
+        f"face_like_model(default ModelConfig, {steps} steps)",
+    )
 
 
 def timed(fn):
@@ -93,7 +101,9 @@ def main() -> None:
 
     base, _ = timed(lambda: extract_narrow_band(face_sdf(model, c0), res, coarse))
     band, band_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse))
-    reuse, reuse_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base))
+    reuse, reuse_ms = timed(
+        lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base)
+    )
     dense, dense_ms = timed(lambda: extract_dense(face_sdf(model, c1), res))
 
     r_morph = resolution_for(args.morph_vertices, base.mesh, res)
@@ -142,7 +152,8 @@ def main() -> None:
     out["targets"] = {
         "narrow_band_fraction<=0.15": out["narrow_band_fraction"] <= 0.15,
         "narrow_band_chamfer<0.05mm": out["narrow_band_chamfer_mm"] < 0.05,
-        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1) <= 0.01,
+        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1)
+        <= 0.01,
         "morph_speedup>=50": out["morph_speedup_vs_dense"] >= 50,
         "morph_chamfer<0.1mm": out["morph_chamfer_mm"] < 0.1,
         "preview_tick<=250ms": out["preview_tick_ms"] <= 250,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from imface.cli import main
 from imface.config import ModelConfig
 from imface.extract.cli import load_mesh
@@ -36,14 +37,25 @@ def checkpoint(tmp_path, monkeypatch, tiny_face):
 def test_export_topology_then_extract_on_it(tmp_path, checkpoint):
     ckpt, codes = checkpoint
     topo = tmp_path / "topology.ply"
-    assert main(["export-topology", "--checkpoint", str(ckpt), "--resolution", "33", "-o", str(topo)]) == 0
+    assert (
+        main(["export-topology", "--checkpoint", str(ckpt), "--resolution", "33", "-o", str(topo)])
+        == 0
+    )
     template = load_mesh(topo)
     assert template.num_vertices > 100
 
     faces = []
     for index in (0, 1):
         out = tmp_path / f"face{index}.ply"
-        argv = ["extract", "--checkpoint", str(ckpt), "--index", str(index), "--topology", str(topo)]
+        argv = [
+            "extract",
+            "--checkpoint",
+            str(ckpt),
+            "--index",
+            str(index),
+            "--topology",
+            str(topo),
+        ]
         assert main([*argv, "-o", str(out)]) == 0
         faces.append(load_mesh(out))
     # one topology shared by every face, with different geometry

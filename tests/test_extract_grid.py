@@ -61,7 +61,9 @@ def test_narrow_band_equals_dense(fn):
 
 
 def test_narrow_band_fraction_shrinks_with_resolution():
-    coarse = extract_narrow_band(sphere(0.5), resolution=65, coarse_resolution=17).fraction_evaluated
+    coarse = extract_narrow_band(
+        sphere(0.5), resolution=65, coarse_resolution=17
+    ).fraction_evaluated
     fine = extract_narrow_band(sphere(0.5), resolution=129, coarse_resolution=33).fraction_evaluated
     assert fine < 0.6 * coarse
 
@@ -81,7 +83,6 @@ def test_band_reuse_falls_back_when_surface_leaves_band():
     again = extract_narrow_band(far, resolution=65, coarse_resolution=17, previous=first)
     assert not again.reused
     same_mesh(again.mesh, extract_dense(far, resolution=65))
-
 
 
 def _fake_face_sdf(monkeypatch, fn, calls):
@@ -125,7 +126,19 @@ def test_refine_stops_promptly_when_cancelled(monkeypatch):
     calls.clear()
     counter = iter(range(10**6))
     stop_after_three = lambda: next(counter) >= 3  # noqa: E731
-    assert list(refine(_Model(), None, resolution=65, coarse_resolution=17, cancel=stop_after_three, chunk=500)) == []
+    assert (
+        list(
+            refine(
+                _Model(),
+                None,
+                resolution=65,
+                coarse_resolution=17,
+                cancel=stop_after_three,
+                chunk=500,
+            )
+        )
+        == []
+    )
     assert len(calls) == 3
 
 
