@@ -25,7 +25,9 @@ from torch import Tensor
 from imface.extract.grid import Mesh
 from imface.model.imface import Codes, ImFace, PreparedCodes
 
-WarpFn = Callable[[Tensor], tuple[Tensor, Tensor | None]]  # x (N,3) -> (warped (N,3), delta (N,)|None)
+WarpFn = Callable[
+    [Tensor], tuple[Tensor, Tensor | None]
+]  # x (N,3) -> (warped (N,3), delta (N,)|None)
 
 
 @dataclass
@@ -51,7 +53,7 @@ def _batched(fn: WarpFn, x: Tensor, chunk: int) -> tuple[Tensor, Tensor | None]:
 
 def warp_jacobian(fn: WarpFn, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-point 3x3 Jacobians of a pointwise warp: one forward and three backward passes
-    (each output row of every point depends on that point only, so a summed gradient is per point)."""
+    (each output of a point depends on that point only, so a summed gradient is per point)."""
     with torch.enable_grad():
         probe = x.detach().requires_grad_(True)
         warped, delta = fn(probe)
@@ -97,7 +99,9 @@ class MorphEngine:
 
     def _full(self, prep: PreparedCodes) -> WarpFn:
         def warp(x: Tensor):
-            template, delta = self.model.identity_warp(self.model.expression_warp(x[None], prep), prep)
+            template, delta = self.model.identity_warp(
+                self.model.expression_warp(x[None], prep), prep
+            )
             return template[0], delta[0]
 
         return warp
