@@ -47,9 +47,7 @@ def _training_points(n: int, generator: torch.Generator) -> Tensor:
     return torch.cat([uniform, near])
 
 
-def fit_template(
-    model: ImFace, steps: int = 300, points: int = 4096, lr: float = 3e-4, seed: int = 0
-):
+def fit_template(model: ImFace, steps: int = 300, points: int = 4096, lr: float = 3e-4, seed: int = 0):
     """Overfit TempNet to the toy face: L1 on the clamped SDF, a few hundred Adam steps."""
     gen = torch.Generator().manual_seed(seed)
     params = list(model.template_field.parameters())

@@ -37,10 +37,7 @@ def checkpoint(tmp_path, monkeypatch, tiny_face):
 def test_export_topology_then_extract_on_it(tmp_path, checkpoint):
     ckpt, codes = checkpoint
     topo = tmp_path / "topology.ply"
-    assert (
-        main(["export-topology", "--checkpoint", str(ckpt), "--resolution", "33", "-o", str(topo)])
-        == 0
-    )
+    assert main(["export-topology", "--checkpoint", str(ckpt), "--resolution", "33", "-o", str(topo)]) == 0
     template = load_mesh(topo)
     assert template.num_vertices > 100
 

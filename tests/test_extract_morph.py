@@ -11,9 +11,7 @@ from imface.testing import face_like_model, sample_codes
 
 
 def sphere_mesh(radius=0.4):
-    return extract_narrow_band(
-        lambda p: p.norm(dim=-1) - radius, resolution=33, coarse_resolution=9
-    ).mesh
+    return extract_narrow_band(lambda p: p.norm(dim=-1) - radius, resolution=33, coarse_resolution=9).mesh
 
 
 def tiny_model():
@@ -56,9 +54,7 @@ def test_translation_warp_is_inverted_exactly():
 
 def rotate_z(x, angle):
     c, s = torch.cos(angle), torch.sin(angle)
-    return torch.stack(
-        [c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1], x[..., 2]], -1
-    )
+    return torch.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1], x[..., 2]], -1)
 
 
 def test_nonlinear_warp_converges_with_warm_start():
@@ -88,9 +84,7 @@ def test_nonlinear_warp_converges_with_warm_start():
 def test_non_convergence_is_reported():
     model = tiny_model()
     # E(p) = (x, y, s tanh z): |E_z| < s, so targets with |tanh z| >= s_new are unreachable
-    patch_expression(
-        model, lambda x, z: torch.cat([x[..., :2], (1 - z[0]) * torch.tanh(x[..., 2:])], -1)
-    )
+    patch_expression(model, lambda x, z: torch.cat([x[..., :2], (1 - z[0]) * torch.tanh(x[..., 2:])], -1))
     mesh = sphere_mesh(0.4)
     engine = MorphEngine(model, mesh, codes([0.0]), max_iterations=30)
     result = engine.morph(codes([0.7]))  # s = 0.3 < tanh(0.4) = 0.38

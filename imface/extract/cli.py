@@ -85,17 +85,13 @@ def run_extract(args: argparse.Namespace) -> int:
         engine = MorphEngine(model, load_mesh(args.topology), None)
         result = engine.morph(codes)
         if result.failed:
-            raise UserError(
-                f"{result.failed} vertices did not converge; extract without --topology"
-            )
+            raise UserError(f"{result.failed} vertices did not converge; extract without --topology")
         mesh = engine.mesh(result)
     elif args.method == "dense":
         mesh = extract_dense(face_sdf(model, codes), args.resolution, device=args.device)
     else:
         sdf = face_sdf(model, codes)
-        mesh = extract_narrow_band(
-            sdf, args.resolution, args.coarse_resolution, device=args.device
-        ).mesh
+        mesh = extract_narrow_band(sdf, args.resolution, args.coarse_resolution, device=args.device).mesh
     save_mesh(mesh, args.output)
     ms = (time.perf_counter() - start) * 1e3
     print(f"{args.output}: {mesh.num_vertices} vertices, {len(mesh.faces)} faces ({ms:.0f} ms)")

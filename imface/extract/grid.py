@@ -105,9 +105,7 @@ def _evaluate_indices(sdf_fn, index, resolution, bound, chunk, cancel, device) -
 
 
 # -- marching cubes ---------------------------------------------------------------------------
-def marching_cubes(
-    volume: np.ndarray, spacing: float, origin: float, backend: str = "auto"
-) -> Mesh:
+def marching_cubes(volume: np.ndarray, spacing: float, origin: float, backend: str = "auto") -> Mesh:
     """Zero level set of a (R, R, R) SDF volume, negative inside; faces wind outwards.
 
     backend "auto" uses the optional CUDA marching cubes when importable and the volume is on a GPU
@@ -140,9 +138,7 @@ def _cuda_marching_cubes(volume: Tensor, spacing: float, origin: float) -> Mesh 
         return None
     # PyTorch3D takes (D, H, W) = (z, y, x) volumes and returns (x, y, z) in [-1, 1]; the isolevel
     # is exceeded inside, so negate the SDF.
-    verts, faces = p3d_marching_cubes(
-        -volume.permute(2, 1, 0)[None].float(), 0.0, return_local_coords=True
-    )
+    verts, faces = p3d_marching_cubes(-volume.permute(2, 1, 0)[None].float(), 0.0, return_local_coords=True)
     if not verts or verts[0].shape[0] == 0:
         return Mesh(np.zeros((0, 3)), np.zeros((0, 3)))
     half = (volume.shape[0] - 1) * spacing / 2
@@ -188,9 +184,7 @@ def _coarse_pass(sdf_fn, resolution, bound, stride, chunk, cancel, device):
 def _active_blocks(coarse: np.ndarray, band: float) -> np.ndarray:
     """Blocks whose corners straddle the surface or come within `band` of it."""
     corners = [
-        coarse[
-            a : a + coarse.shape[0] - 1, b : b + coarse.shape[1] - 1, c : c + coarse.shape[2] - 1
-        ]
+        coarse[a : a + coarse.shape[0] - 1, b : b + coarse.shape[1] - 1, c : c + coarse.shape[2] - 1]
         for a in (0, 1)
         for b in (0, 1)
         for c in (0, 1)
@@ -252,9 +246,7 @@ def extract_narrow_band(
     if isinstance(previous, BandResult):
         previous = previous.state
     if previous is not None and previous.resolution == resolution and previous.bound == bound:
-        reused = reuse_band(
-            sdf_fn, previous, reuse_margin, chunk=chunk, device=device, cancel=cancel
-        )
+        reused = reuse_band(sdf_fn, previous, reuse_margin, chunk=chunk, device=device, cancel=cancel)
         if reused is not None:
             return reused
     return _fresh_band(sdf_fn, resolution, coarse_resolution, band, bound, chunk, device, cancel)
@@ -277,14 +269,10 @@ def coarse_stage(
     stride = _stride(resolution, coarse_resolution)
     h = 2.0 * bound / (resolution - 1)
     coarse = _coarse_pass(sdf_fn, resolution, bound, stride, chunk, cancel, device)
-    return CoarseStage(
-        coarse, stride, resolution, bound, marching_cubes(coarse, stride * h, -bound)
-    )
+    return CoarseStage(coarse, stride, resolution, bound, marching_cubes(coarse, stride * h, -bound))
 
 
-def fine_stage(
-    sdf_fn, stage: CoarseStage, band=None, chunk=DEFAULT_CHUNK, device="cpu", cancel=None
-):
+def fine_stage(sdf_fn, stage: CoarseStage, band=None, chunk=DEFAULT_CHUNK, device="cpu", cancel=None):
     resolution, bound, stride, coarse = stage.resolution, stage.bound, stage.stride, stage.values
     h = 2.0 * bound / (resolution - 1)
     # A surface point inside a block is within half a diagonal of its nearest corner (exact SDF);
@@ -296,9 +284,7 @@ def fine_stage(
     known = np.zeros_like(mask)
     known[::stride, ::stride, ::stride] = True
     todo = np.flatnonzero(mask & ~known)
-    volume.reshape(-1)[todo] = _evaluate_indices(
-        sdf_fn, todo, resolution, bound, chunk, cancel, device
-    )
+    volume.reshape(-1)[todo] = _evaluate_indices(sdf_fn, todo, resolution, bound, chunk, cancel, device)
     evaluated = coarse.size + todo.size
     mesh = marching_cubes(volume, h, -bound)
     state = BandState(resolution, bound, volume, mask)

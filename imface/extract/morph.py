@@ -25,9 +25,7 @@ from torch import Tensor
 from imface.extract.grid import Mesh
 from imface.model.imface import Codes, ImFace, PreparedCodes
 
-WarpFn = Callable[
-    [Tensor], tuple[Tensor, Tensor | None]
-]  # x (N,3) -> (warped (N,3), delta (N,)|None)
+WarpFn = Callable[[Tensor], tuple[Tensor, Tensor | None]]  # x (N,3) -> (warped (N,3), delta (N,)|None)
 
 
 @dataclass
@@ -99,9 +97,7 @@ class MorphEngine:
 
     def _full(self, prep: PreparedCodes) -> WarpFn:
         def warp(x: Tensor):
-            template, delta = self.model.identity_warp(
-                self.model.expression_warp(x[None], prep), prep
-            )
+            template, delta = self.model.identity_warp(self.model.expression_warp(x[None], prep), prep)
             return template[0], delta[0]
 
         return warp
