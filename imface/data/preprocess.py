@@ -29,12 +29,18 @@ class Sheet:
     _samples: np.ndarray | None = field(default=None, repr=False)
     _sample_faces: np.ndarray | None = field(default=None, repr=False)
     _tree: cKDTree | None = field(default=None, repr=False)
+    _sparse_tree: cKDTree | None = field(default=None, repr=False)
 
     def tree(self, density: int = 200_000):
         if self._tree is None:
             pts, fidx = _sample_triangles(self.vertices, self.faces, density, corners=True)
             self._samples, self._sample_faces, self._tree = pts, fidx, cKDTree(pts)
         return self._tree
+
+    def sparse_tree(self):
+        if self._sparse_tree is None:
+            self._sparse_tree = cKDTree(self.tree().data[::16])
+        return self._sparse_tree
 
 
 @dataclass
@@ -192,16 +198,27 @@ def sheet_sdf(sheet: Sheet, query_points, k: int = 12):
     closest point along the triangle normal (all normals face +z on a height field).
     """
     q = np.asarray(query_points, dtype=np.float64)
-    sdf, grad = _sheet_sdf(sheet, q, k)
-    far = np.abs(sdf) > 0.03  # far points: their nearest samples may miss the closest triangle
-    if far.any():
-        sdf[far], grad[far] = _sheet_sdf(sheet, q[far], 64)
+    tree = sheet.tree()
+    # A k-d tree over a 2D sheet answers far queries slowly (the search ball covers much of the
+    # sheet), so only points within 5 mm use it directly; far points first find their region on a
+    # 16x sparser sampling, then take candidate triangles around that anchor.
+    distance, _ = tree.query(q, distance_upper_bound=0.05)
+    near = np.isfinite(distance)
+    sdf, grad = np.empty(len(q)), np.empty((len(q), 3))
+    if near.any():
+        sdf[near], grad[near] = _sheet_sdf(sheet, q[near], k)
+    if (~near).any():
+        _, anchor = sheet.sparse_tree().query(q[~near])
+        around = sheet.sparse_tree().data[anchor]
+        sdf[~near], grad[~near] = _sheet_sdf(sheet, q[~near], 2 * k, around=around)
     return sdf, grad
 
 
-def _sheet_sdf(sheet: Sheet, q, k):
+def _sheet_sdf(sheet: Sheet, q, k, around=None):
+    """Exact distance to the best of the triangles under the k samples nearest to `around`
+    (default: the query points themselves)."""
     tree = sheet.tree()
-    _, nn = tree.query(q, k=k)
+    _, nn = tree.query(q if around is None else around, k=k)
     cand = sheet._sample_faces[nn]  # (N, k)
     tri = sheet.vertices[sheet.faces]
     best_d = np.full(len(q), np.inf)
