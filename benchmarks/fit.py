@@ -50,7 +50,7 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     corpus = Corpus.open(args.corpus)
-    _, test_keys = corpus.split(ckpt.meta.get("test_identities", 0.2), int(ckpt.meta.get("seed", 0)))
+    _, test_keys = corpus.split_for(ckpt.codes.identity_labels)  # people the model never saw
     rng = np.random.default_rng(args.seed)
     chosen = [
         test_keys[i] for i in rng.choice(len(test_keys), min(args.scans, len(test_keys)), replace=False)

@@ -77,6 +77,14 @@ class Corpus:
         test = [s["key"] for s in self.scans if s["identity"] in held_out]
         return train, test
 
+    def split_for(self, trained_identities: list[str]) -> tuple[list[str], list[str]]:
+        """(train keys, test keys) for a model trained on these identities: every other person
+        is held out (so the split survives scans being added to the corpus later)."""
+        trained = set(trained_identities)
+        train = [s["key"] for s in self.scans if s["identity"] in trained]
+        test = [s["key"] for s in self.scans if s["identity"] not in trained]
+        return train, test
+
     def record(self, key: str) -> dict:
         return self._by_key[key]
 
