@@ -67,13 +67,19 @@ class Identity:
                 "detail_seed": self.detail_seed, "age_wrinkles": self.age_wrinkles}
 
 
-def sample_identity(model, rng: np.random.Generator, sigma: float = 0.3) -> Identity:
-    """Moderate identities: Gaussian around the average, clipped, so no caricatures."""
-    pheno = {label: float(np.clip(0.5 + rng.normal(0, 0.18), 0.1, 0.9))
+def sample_identity(model, rng: np.random.Generator, sigma: float = 0.2) -> Identity:
+    """Moderate identities: Gaussian around the average, clipped, so no caricatures. Left and
+    right changes share their value up to a small asymmetry, as in real faces."""
+    pheno = {label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85))
              for label in model.phenotype_labels}
     pheno["age"] = float(rng.uniform(0.45, 0.9))  # adults (0.5 ~ 25 years in Anny)
-    changes = {label: float(np.clip(rng.normal(0, sigma), -0.6, 0.6))
-               for label in face_change_labels(model)}
+    changes: dict[str, float] = {}
+    for label in face_change_labels(model):
+        if label.startswith("r-") and "l-" + label[2:] in changes:
+            value = changes["l-" + label[2:]] + rng.normal(0, 0.04)
+        else:
+            value = rng.normal(0, sigma)
+        changes[label] = float(np.clip(value, -0.5, 0.5))
     age_wrinkles = float(np.clip(0.3 + (pheno["age"] - 0.45) * 1.5 + rng.normal(0, 0.1), 0.2, 1.2))
     return Identity(pheno, changes, int(rng.integers(2**31)), age_wrinkles)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from imface.data import anny_head
+from imface.data.align import UPPER_Y, nose_apex
 from imface.data.detail import displacement_mm
 from imface.errors import UserError
 
@@ -44,13 +45,32 @@ class SynthScan:
     registered: np.ndarray  # (4200, 3) mm, scan frame
     landmarks68: np.ndarray  # (68, 3) mm, scan frame
     to_model: np.ndarray  # (4, 4) scan frame -> model frame
+    nose_tip: np.ndarray  # (3,) mm, scan frame: goes to (0, 0, 0.4)
 
 
-def to_model_transform(nose_mm: np.ndarray) -> np.ndarray:
-    """mm scan frame (model axes) -> model frame: scale 1/100, nose tip to (0, 0, 0.4)."""
+def refine_frame(v_mm, faces, r0, nose_mm):
+    """Refine a frontal rotation by the aligner's own criterion: the rigid surface fit of the
+    upper face to the template (point-to-plane ICP started from the correspondence fit r0)."""
+    from scipy.spatial import cKDTree
+
+    from imface.data.align import _icp, scan_points, template
+
+    tmpl = template()
+    m = to_model_transform(nose_mm, r0)
+    pts = scan_points(v_mm, faces, rng=np.random.default_rng(0))
+    nose = nose_apex(pts @ m[:3, :3].T + m[:3, 3])
+    if nose is not None:
+        m[:3, 3] += NOSE_MODEL - nose
+    m = _icp(cKDTree(pts), pts, tmpl, tmpl.upper, m, 15, 0.1, False, plane=True, upper=True)[0]
+    return m[:3, :3] * MM_PER_UNIT
+
+
+def to_model_transform(nose_mm: np.ndarray, rotation=None) -> np.ndarray:
+    """mm scan frame (model axes) -> model frame: rotate, scale 1/100, nose tip to (0, 0, 0.4)."""
+    r = np.eye(3) if rotation is None else rotation
     t = np.eye(4)
-    t[:3, :3] *= 1.0 / MM_PER_UNIT
-    t[:3, 3] = NOSE_MODEL - nose_mm / MM_PER_UNIT
+    t[:3, :3] = r / MM_PER_UNIT
+    t[:3, 3] = NOSE_MODEL - r @ nose_mm / MM_PER_UNIT
     return t
 
 
@@ -72,6 +92,12 @@ class Generator:
         canon, self.sub_faces = self._subdivide(base)
         self.canon = canon  # mm, nose tip at 0
         self.canon_lm = base[self.landmarks.indices]
+        self.base = base
+        # Face region used to define each person's frontal frame (as the aligner's template).
+        normals = trimesh.Trimesh(base, self.faces, process=False).vertex_normals
+        self.frame_mask = ((np.linalg.norm(base - [0, 0, -40.0], axis=1) < 95)
+                           & (normals[:, 2] > 0.2) & (base[:, 1] > UPPER_Y * MM_PER_UNIT))
+        self._frames: dict[int, np.ndarray] = {}
         self._trimesh = trimesh
 
     def _subdivide(self, vertices):
@@ -83,6 +109,19 @@ class Generator:
         # stay the registered Anny topology.
         return trimesh.remesh.subdivide_loop(vertices, self.faces, iterations=self.subdivisions)
 
+    def frame(self, identity: anny_head.Identity) -> np.ndarray:
+        """The rotation making this person's neutral face frontal: the rigid fit of its upper
+        face (above the upper lip) to the average face through the shared topology. Anny's head tilt varies with
+        the phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
+        key = identity.detail_seed
+        if key not in self._frames:
+            from imface.data.align import similarity
+
+            v = anny_head.anny_vertices(self.model, identity, {}) * 1000.0
+            _, r, _ = similarity(v[self.frame_mask], self.base[self.frame_mask], scale=1.0)
+            self._frames[key] = refine_frame(v, self.faces, r, v[self.landmarks.nose_tip])
+        return self._frames[key]
+
     def scan(self, identity: anny_head.Identity, actions: dict[str, float]) -> SynthScan:
         v = anny_head.anny_vertices(self.model, identity, actions) * 1000.0
         dense, faces = self._subdivide(v)
@@ -92,13 +131,18 @@ class Generator:
         dense = dense + mesh.vertex_normals * disp[:, None]
         registered = dense[: len(v)]
         lms = registered[self.landmarks.indices]
-        to_model = to_model_transform(lms[30])
+        # The nose tip is the apex of the nose (as the aligner finds it), not vertex 30 exactly.
+        rot = self.frame(identity)
+        rough = to_model_transform(lms[30], rot)
+        apex = nose_apex(dense @ rough[:3, :3].T + rough[:3, 3])
+        nose = lms[30] if apex is None else np.linalg.solve(rough[:3, :3], apex - rough[:3, 3])
+        to_model = to_model_transform(nose, rot)
         keep_v = np.linalg.norm(dense @ to_model[:3, :3].T + to_model[:3, 3], axis=1) < SCAN_RADIUS
         keep_f = keep_v[faces].all(1)
         used = np.unique(faces[keep_f])
         remap = np.full(len(dense), -1)
         remap[used] = np.arange(len(used))
-        return SynthScan(dense[used], remap[faces[keep_f]], registered, lms, to_model)
+        return SynthScan(dense[used], remap[faces[keep_f]], registered, lms, to_model, nose)
 
 
 @lru_cache(maxsize=1)
@@ -149,6 +193,7 @@ def make_identity(args) -> list[str]:
         meta = {"identity": name, "expression": expr, "neutral": expr == "1_neutral",
                 "actions": actions, "unit": "mm", "synthetic": True,
                 "landmarks68": s.landmarks68.round(4).tolist(),
+                "nose_tip": s.nose_tip.round(4).tolist(),
                 "landmark_vertex_indices": gen.landmarks.indices.tolist(),
                 "to_model": s.to_model.tolist()}
         tmp = meta_path.with_suffix(".json.tmp")
