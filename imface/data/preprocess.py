@@ -190,12 +190,14 @@ def _closest_on_triangles(p, a, b, c):
     return out
 
 
-def sheet_sdf(sheet: Sheet, query_points, k: int = 12):
+def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
     """Signed distance and unit gradient from points to the sheet (negative behind it, -z side).
 
     Candidate triangles come from the nearest of a dense point sampling of the sheet; the exact
     point-triangle distance is then taken over them. The sign is that of the offset from the
-    closest point along the triangle normal (all normals face +z on a height field).
+    closest point along the triangle normal (all normals face +z on a height field). Exact near
+    the sheet; far away the candidates can miss the closest triangle, which overstates the
+    distance by < 1 % at worst.
     """
     q = np.asarray(query_points, dtype=np.float64)
     tree = sheet.tree()
