@@ -96,6 +96,7 @@ def _write_binary_ply(path, v, f):
         fh.write(faces.tobytes())
 
 
+@pytest.mark.slow
 def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):
     """A dense height-field scan (3 M vertices, metres) is decimated on load and aligned."""
     from scipy.interpolate import LinearNDInterpolator

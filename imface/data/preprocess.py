@@ -29,6 +29,21 @@ class Sheet:
     _samples: np.ndarray | None = field(default=None, repr=False)
     _sample_faces: np.ndarray | None = field(default=None, repr=False)
     _tree: cKDTree | None = field(default=None, repr=False)
+    _delaunay: Delaunay | None = field(default=None, repr=False)
+
+    def height(self, xy):
+        """The sheet's z at each (x, y) (nan outside its 2D hull)."""
+        if self._delaunay is None:
+            self._delaunay = Delaunay(self.vertices[:, :2])
+        tri = self._delaunay
+        simplex = tri.find_simplex(xy)
+        out = np.full(len(xy), np.nan)
+        ok = simplex >= 0
+        t = tri.transform[simplex[ok]]
+        b = np.einsum("nij,nj->ni", t[:, :2], xy[ok] - t[:, 2])
+        bary = np.c_[b, 1 - b.sum(1)]
+        out[ok] = (bary * self.vertices[tri.simplices[simplex[ok]], 2]).sum(1)
+        return out
 
     def tree(self, density: int = 200_000):
         if self._tree is None:
@@ -188,8 +203,9 @@ def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
     """Signed distance and unit gradient from points to the sheet (negative behind it, -z side).
 
     Candidate triangles come from the nearest of a dense point sampling of the sheet; the exact
-    point-triangle distance is then taken over them. The sign is that of the offset from the
-    closest point along the triangle normal (all normals face +z on a height field). Exact near
+    point-triangle distance is then taken over them. The sign says which side of the height
+    field the point is on (over the sheet: below it is behind, negative; beside the sheet:
+    below its closest point is behind). Exact near
     the sheet; far away (> 1 cm) the candidates can miss the closest triangle, which overstates
     the distance by < 1 % at worst (checked against trimesh's exact closest_point).
     """
@@ -214,7 +230,10 @@ def _sheet_sdf(sheet: Sheet, q, k):
     fn = np.cross(tri[best_f, 1] - tri[best_f, 0], tri[best_f, 2] - tri[best_f, 0])
     fn /= np.linalg.norm(fn, axis=1, keepdims=True) + 1e-30
     offset = q - best_p
-    sign = np.where((offset * fn).sum(1) < 0, -1.0, 1.0)
+    sign = np.where(q[:, 2] < best_p[:, 2], -1.0, 1.0)  # beside the sheet: below is behind
+    height = sheet.height(q[:, :2])
+    over = np.isfinite(height)  # over the sheet: behind = below the height field
+    sign[over] = np.where(q[over, 2] < height[over], -1.0, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         grad = np.where(best_d[:, None] > 1e-9, offset / best_d[:, None], fn) * sign[:, None]
     return sign * best_d, grad
