@@ -29,20 +29,15 @@ class Sheet:
     _samples: np.ndarray | None = field(default=None, repr=False)
     _sample_faces: np.ndarray | None = field(default=None, repr=False)
     _tree: cKDTree | None = field(default=None, repr=False)
-    _delaunay: Delaunay | None = field(default=None, repr=False)
 
     def height(self, xy):
         """The sheet's z at each (x, y) (nan outside its 2D hull)."""
-        if self._delaunay is None:
-            self._delaunay = Delaunay(self.vertices[:, :2])
-        tri = self._delaunay
-        simplex = tri.find_simplex(xy)
+        tri = self.vertices[self.faces]
         out = np.full(len(xy), np.nan)
-        ok = simplex >= 0
-        t = tri.transform[simplex[ok]]
-        b = np.einsum("nij,nj->ni", t[:, :2], xy[ok] - t[:, 2])
-        bary = np.c_[b, 1 - b.sum(1)]
-        out[ok] = (bary * self.vertices[tri.simplices[simplex[ok]], 2]).sum(1)
+        for p_ids, t_ids in _candidate_pairs(tri, xy):
+            z = _height_in_triangle(tri[t_ids], xy[p_ids])
+            ok = np.isfinite(z)
+            out[p_ids[ok]] = z[ok]
         return out
 
     def tree(self, density: int = 200_000):
@@ -86,45 +81,45 @@ def _vertical_ray_hits(vertices, faces, eps):
     """+z rays from every vertex against every triangle, as a 2D point-in-triangle test.
 
     All rays share the direction, so a ray hits a triangle when the vertex's (x, y) falls in the
-    triangle's projection and the triangle lies above it there; a uniform 2D grid over triangle
-    bounding boxes keeps the candidate pairs few. (Equivalent to trimesh ray casting along +z,
-    without needing embree.)
+    triangle's projection and the triangle lies above it there. (Equivalent to trimesh ray
+    casting along +z, without needing embree.)
     """
-    tri = vertices[faces]  # (F, 3, 3)
-    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
-    cell = max(float(np.median(hi - lo)), 1e-6)
-    origin = vertices[:, :2].min(0)
-    clo = np.floor((lo - origin) / cell).astype(np.int64)
-    chi = np.floor((hi - origin) / cell).astype(np.int64)
-    ncol = int(chi[:, 1].max()) + 2
-    # enumerate the cells each triangle's box covers (usually 1-4)
-    span = (chi - clo + 1)
-    counts = span[:, 0] * span[:, 1]
-    tri_id = np.repeat(np.arange(len(faces)), counts)
-    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    w = span[tri_id, 1]
-    cx = clo[tri_id, 0] + k // w
-    cy = clo[tri_id, 1] + k % w
-    keys = cx * ncol + cy
-    order = np.argsort(keys, kind="stable")
-    keys, tri_id = keys[order], tri_id[order]
-    vc = np.floor((vertices[:, :2] - origin) / cell).astype(np.int64)
-    vkey = vc[:, 0] * ncol + vc[:, 1]
-    start = np.searchsorted(keys, vkey, "left")
-    stop = np.searchsorted(keys, vkey, "right")
-    n = stop - start
-    vid = np.repeat(np.arange(len(vertices)), n)
-    j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    cand = tri_id[np.repeat(start, n) + j]
+    tri = vertices[faces]
     hit = np.zeros(len(vertices), dtype=bool)
-    for s in range(0, len(vid), 2_000_000):  # bound memory on huge meshes
-        v_ids, t_ids = vid[s:s + 2_000_000], cand[s:s + 2_000_000]
+    for v_ids, t_ids in _candidate_pairs(tri, vertices[:, :2]):
         own = (faces[t_ids] == v_ids[:, None]).any(1)  # a vertex never occludes itself
         v_ids, t_ids = v_ids[~own], t_ids[~own]
         z = _height_in_triangle(tri[t_ids], vertices[v_ids, :2])
-        above = np.isfinite(z) & (z > vertices[v_ids, 2] + eps)
-        hit[v_ids[above]] = True
+        hit[v_ids[np.isfinite(z) & (z > vertices[v_ids, 2] + eps)]] = True
     return hit
+
+
+def _candidate_pairs(tri, xy, chunk=2_000_000):
+    """(point, triangle) pairs whose 2D grid cells meet, in chunks: a uniform grid over the
+    triangles' bounding boxes keeps the pairs few."""
+    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
+    cell = max(float(np.median(hi - lo)), 1e-6)
+    origin = np.minimum(xy.min(0), lo.min(0))
+    clo = np.floor((lo - origin) / cell).astype(np.int64)
+    chi = np.floor((hi - origin) / cell).astype(np.int64)
+    ncol = int(max(chi[:, 1].max(), np.floor((xy[:, 1] - origin[1]) / cell).max())) + 2
+    span = chi - clo + 1
+    counts = span[:, 0] * span[:, 1]
+    tri_id = np.repeat(np.arange(len(tri)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    w = span[tri_id, 1]
+    keys = (clo[tri_id, 0] + k // w) * ncol + clo[tri_id, 1] + k % w
+    order = np.argsort(keys, kind="stable")
+    keys, tri_id = keys[order], tri_id[order]
+    pc = np.floor((xy - origin) / cell).astype(np.int64)
+    pkey = pc[:, 0] * ncol + pc[:, 1]
+    start = np.searchsorted(keys, pkey, "left")
+    n = np.searchsorted(keys, pkey, "right") - start
+    pid = np.repeat(np.arange(len(xy)), n)
+    j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    cand = tri_id[np.repeat(start, n) + j]
+    for s in range(0, len(pid), chunk):  # bound memory on huge meshes
+        yield pid[s:s + chunk], cand[s:s + chunk]
 
 
 def _height_in_triangle(tri, xy):
