@@ -57,13 +57,15 @@ def main():
                 rot = Rotation.from_matrix(al.rotation @ (truth[:3, :3] / s).T).magnitude()
                 nose = np.asarray(meta["nose_tip"]) @ r.T * k + shift
                 err = al.to_model(nose) - (truth[:3, :3] @ nose + truth[:3, 3])
-                rows.append((np.degrees(rot), np.linalg.norm(err) * 100, abs(al.scale / s - 1) * 100))
+                rows.append((np.degrees(rot), np.linalg.norm(err) * 100,
+                             abs(al.scale / s - 1) * 100))
     rows = np.array(rows)
     pct = lambda c: {q: round(float(np.percentile(rows[:, c], q)), 3) for q in (50, 90, 100)}  # noqa
     print(json.dumps({"benchmark": "align", "seconds_per_scan": round(float(np.mean(times)), 3),
                       "scans": len(rows), "failures": failures,
                       "rotation_deg_pct": pct(0), "nose_mm_pct": pct(1), "scale_pct_pct": pct(2),
-                      "within_spec": int(((rows[:, 0] < 3) & (rows[:, 1] < 2) & (rows[:, 2] < 2)).sum())}))
+                      "within_spec": int(((rows[:, 0] < 3) & (rows[:, 1] < 2)
+                                          & (rows[:, 2] < 2)).sum())}))
 
 
 if __name__ == "__main__":

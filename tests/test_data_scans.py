@@ -13,7 +13,7 @@ from tests.data_fixtures import load_synth, synth_corpus  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def face(synth_corpus):
+def face(synth_corpus):  # noqa: F811
     v, f, _ = load_synth(synth_corpus, "001/1_neutral")
     return v, f
 

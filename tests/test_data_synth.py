@@ -9,7 +9,7 @@ from imface.data.detail import displacement_mm
 from tests.data_fixtures import EXPRESSIONS, load_synth, model_frame, synth_corpus  # noqa: F401
 
 
-def test_layout_and_metadata(synth_corpus):
+def test_layout_and_metadata(synth_corpus):  # noqa: F811
     info = json.loads((synth_corpus / "corpus.json").read_text())
     assert info["scans"] == 2 * (len(EXPRESSIONS) + 1)
     assert (synth_corpus / "anny_faces.npy").exists()
@@ -30,7 +30,7 @@ def test_layout_and_metadata(synth_corpus):
     assert vm[:, 2].max() < 0.45 and np.linalg.norm(vm, axis=1).min() < 1.0
 
 
-def test_landmarks_match_template_and_are_symmetric(synth_corpus):
+def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
     from imface.data.align import template
 
     idx = anny_head.load_landmarks().indices
@@ -47,7 +47,7 @@ def test_landmarks_match_template_and_are_symmetric(synth_corpus):
     assert tl[8, 1] < tl[57, 1] < tl[51, 1] < tl[33, 1] < tl[30, 1] < tl[27, 1] < tl[21, 1]
 
 
-def test_deterministic_for_a_seed(tmp_path, synth_corpus):
+def test_deterministic_for_a_seed(tmp_path, synth_corpus):  # noqa: F811
     from imface.data.synth import write_corpus
 
     write_corpus(tmp_path / "a", 1, seed=3, extra=0, progress=False, expressions=["2_smile"])

@@ -7,12 +7,11 @@ model frame can be taken back to the scan's own frame and unit (``Alignment.to_s
 Automatic alignment (no landmarks): the scan's unit gives the scale (guessed from its size unless
 given; a free-scale fit overrides it only when far off). 300 rotations covering SO(3), each with
 one of the scan's two most forward bumps on the template nose tip, run a short trimmed
-point-to-plane ICP (batched) against the template face (resources/template_face.npz, the average Anny
-face); the best 8 run a longer one; the winner is refined on the upper face (above the upper
-lip), which expressions hardly move. The nose tip is then snapped to
-(0, 0, 0.4) (noses differ in length, ICP fits the whole face). A face that fits badly (RMS
-residual or too few template points matched) is refused: it is not a face, or not one we can
-place.
+point-to-plane ICP (batched) against the template face (resources/template_face.npz, the
+average Anny face); the best 8 run a longer one; the winner is refined on the upper face (above
+the upper lip), which expressions hardly move. The nose tip is then snapped to (0, 0, 0.4)
+(noses differ in length; ICP fits the whole face). A face that fits badly (RMS residual, or
+too few template points matched) is refused: it is not a face, or not one we can place.
 """
 
 from __future__ import annotations
@@ -259,7 +258,8 @@ def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120
         src = np.einsum("kij,kpj->kpi", mats[:, :3, :3], pts[nn].reshape(k, -1, 3))
         src += mats[:, None, :3, 3]
         d = np.linalg.norm(src - tp, axis=2)
-        thr = np.partition(d, int((1 - trim) * (n_probe - 1)), axis=1)[:, int((1 - trim) * (n_probe - 1))]
+        kth = int((1 - trim) * (n_probe - 1))
+        thr = np.partition(d, kth, axis=1)[:, kth]
         w1 = d <= thr[:, None]
         if it == iters:
             break
@@ -329,7 +329,8 @@ def nose_apex(points_model, guess=NOSE):
     """The nose tip (pronasale) of points in the model frame: the apex of a quadric fitted to
     the most forward points within 12 mm (x, y) of `guess`; None when there are too few."""
     pm = np.asarray(points_model, dtype=np.float64)
-    near = (np.linalg.norm(pm[:, :2] - guess[:2], axis=1) < 0.12) & (np.abs(pm[:, 2] - guess[2]) < 0.3)
+    near = np.linalg.norm(pm[:, :2] - guess[:2], axis=1) < 0.12
+    near &= np.abs(pm[:, 2] - guess[2]) < 0.3
     if near.sum() < 20:
         return None
     p = pm[near]

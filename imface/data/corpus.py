@@ -1,6 +1,7 @@
 """The prepared cache: what ``imface prepare`` writes and what training and evaluation read.
 
-    CACHE/index.json      {"version": 1, "scans": [record, ...]}; record = {"key": "<id>/<k>_<name>",
+    CACHE/index.json      {"version": 1, "scans": [record, ...]};
+                          record = {"key": "<id>/<k>_<name>",
                           "identity", "expression", "neutral", "dir" (relative), "landmarks":
                           "given" | "estimated", "source"}
     CACHE/registered_faces.npy     (synthetic corpora) faces of registered_vertices.npy

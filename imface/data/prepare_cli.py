@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 from imface.config import BLEND_LANDMARK_IBUG68
 from imface.data.corpus import INDEX, write_index
 from imface.data.facescape import ScanSource, find_scans
-from imface.errors import MeshError, UserError
+from imface.errors import MeshError
 
 
 def add_arguments(parser) -> None:
@@ -147,7 +148,7 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
                                      path=str(src.path))
         method = "automatic"
     v_model = alignment.to_model(scan.vertices)
-    rng = np.random.default_rng([seed, abs(hash(src.key)) % (2**32)])
+    rng = np.random.default_rng([seed, zlib.crc32(src.key.encode())])  # same on every run
     samples = preprocess_mesh(v_model, scan.faces, n_surface, n_space, rng)
     if lm_scan is not None:
         lm68 = alignment.to_model(lm_scan)

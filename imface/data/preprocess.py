@@ -194,8 +194,10 @@ def _closest_on_triangles(p, a, b, c):
     return out
 
 
-def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
+def sheet_sdf(sheet, query_points, k: int = 16):
     """Signed distance and unit gradient from points to the sheet (negative behind it, -z side).
+
+    `sheet`: a Sheet (reuse it: its sampling is cached), SDFSamples, or (vertices, faces).
 
     Candidate triangles come from the nearest of a dense point sampling of the sheet; the exact
     point-triangle distance is then taken over them. The sign says which side of the height
@@ -204,6 +206,10 @@ def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
     the sheet; far away (> 1 cm) the candidates can miss the closest triangle, which overstates
     the distance by < 1 % at worst (checked against trimesh's exact closest_point).
     """
+    if isinstance(sheet, SDFSamples):
+        sheet = Sheet(sheet.sheet_vertices.astype(np.float64), sheet.sheet_faces)
+    elif not isinstance(sheet, Sheet):  # a (vertices, faces) pair
+        sheet = Sheet(np.asarray(sheet[0], np.float64), np.asarray(sheet[1], np.int64))
     q = np.asarray(query_points, dtype=np.float64)
     return _sheet_sdf(sheet, q, k)
 

@@ -167,7 +167,8 @@ def decimate(vertices, faces, max_vertices):
     np.add.at(sums, inverse, vertices)
     new_v = sums / counts[:, None]
     new_f = inverse[faces]
-    keep = (new_f[:, 0] != new_f[:, 1]) & (new_f[:, 1] != new_f[:, 2]) & (new_f[:, 0] != new_f[:, 2])
+    a, b, c = new_f.T
+    keep = (a != b) & (b != c) & (a != c)
     return new_v, new_f[keep]
 
 

@@ -111,8 +111,9 @@ class Generator:
 
     def frame(self, identity: anny_head.Identity) -> np.ndarray:
         """The rotation making this person's neutral face frontal: the rigid fit of its upper
-        face (above the upper lip) to the average face through the shared topology. Anny's head tilt varies with
-        the phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
+        face (above the upper lip) to the average face, first through the shared topology,
+        then refined on the surface as the aligner does. Anny's head tilt varies with the
+        phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
         key = identity.detail_seed
         if key not in self._frames:
             from imface.data.align import similarity
