@@ -31,16 +31,23 @@ def main():
     names = ["1_neutral", "2_smile", "3_mouth_stretch", "12_lip_puckerer", "19_brow_raiser"]
     rows, times, failures = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        write_corpus(Path(tmp), args.identities, seed=args.seed + 100, extra=0, progress=False,
-                     expressions=names)
+        write_corpus(
+            Path(tmp),
+            args.identities,
+            seed=args.seed + 100,
+            extra=0,
+            progress=False,
+            expressions=names,
+        )
         for ply in sorted(Path(tmp).glob("*/*.ply")):
             meta = json.loads(ply.with_suffix(".json").read_text())
             mesh = trimesh.load(ply, process=False)
             v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
             for _ in range(args.poses):
                 axis = rng.normal(size=3)
-                r = Rotation.from_rotvec(np.radians(rng.uniform(0, 40)) * axis
-                                         / np.linalg.norm(axis)).as_matrix()
+                r = Rotation.from_rotvec(
+                    np.radians(rng.uniform(0, 40)) * axis / np.linalg.norm(axis)
+                ).as_matrix()
                 unit = str(rng.choice(list(UNIT)))
                 k, shift = UNIT[unit], rng.uniform(-300, 300, 3) * UNIT[unit]
                 t0 = time.perf_counter()
@@ -57,15 +64,25 @@ def main():
                 rot = Rotation.from_matrix(al.rotation @ (truth[:3, :3] / s).T).magnitude()
                 nose = np.asarray(meta["nose_tip"]) @ r.T * k + shift
                 err = al.to_model(nose) - (truth[:3, :3] @ nose + truth[:3, 3])
-                rows.append((np.degrees(rot), np.linalg.norm(err) * 100,
-                             abs(al.scale / s - 1) * 100))
+                rows.append(
+                    (np.degrees(rot), np.linalg.norm(err) * 100, abs(al.scale / s - 1) * 100)
+                )
     rows = np.array(rows)
     pct = lambda c: {q: round(float(np.percentile(rows[:, c], q)), 3) for q in (50, 90, 100)}  # noqa
-    print(json.dumps({"benchmark": "align", "seconds_per_scan": round(float(np.mean(times)), 3),
-                      "scans": len(rows), "failures": failures,
-                      "rotation_deg_pct": pct(0), "nose_mm_pct": pct(1), "scale_pct_pct": pct(2),
-                      "within_spec": int(((rows[:, 0] < 3) & (rows[:, 1] < 2)
-                                          & (rows[:, 2] < 2)).sum())}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "align",
+                "seconds_per_scan": round(float(np.mean(times)), 3),
+                "scans": len(rows),
+                "failures": failures,
+                "rotation_deg_pct": pct(0),
+                "nose_mm_pct": pct(1),
+                "scale_pct_pct": pct(2),
+                "within_spec": int(((rows[:, 0] < 3) & (rows[:, 1] < 2) & (rows[:, 2] < 2)).sum()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,17 @@ def main():
             t0 = time.perf_counter()
             prepare_scan(s, Path(tmp) / "cache", args.surface, args.space)
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"benchmark": "prepare", "seconds_per_scan": round(sum(times) / len(times), 3),
-                      "scans": len(times), "surface": args.surface, "space": args.space}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "prepare",
+                "seconds_per_scan": round(sum(times) / len(times), 3),
+                "scans": len(times),
+                "surface": args.surface,
+                "space": args.space,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

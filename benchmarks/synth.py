@@ -1,6 +1,6 @@
 """Synthetic corpus speed: seconds per scan (Anny + subdivision + detail + PLY). One JSON line.
 
-    python benchmarks/synth.py [--scans 6]
+python benchmarks/synth.py [--scans 6]
 """
 
 import argparse
@@ -25,8 +25,16 @@ def main():
         t0 = time.perf_counter()
         keys = write_corpus(Path(tmp), 1, seed=0, extra=0, progress=False, expressions=names)
         dt = time.perf_counter() - t0
-    print(json.dumps({"benchmark": "synth", "seconds_per_scan": round(dt / len(keys), 3),
-                      "scans": len(keys), "model_build_s": round(build, 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "synth",
+                "seconds_per_scan": round(dt / len(keys), 3),
+                "scans": len(keys),
+                "model_build_s": round(build, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

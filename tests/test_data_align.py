@@ -78,16 +78,21 @@ def test_manual_landmarks_recover_a_similarity():
 
 @pytest.mark.parametrize("shape", ["sphere", "cube"])
 def test_non_faces_are_refused(shape):
-    mesh = trimesh.creation.icosphere(4, radius=0.1) if shape == "sphere" else \
-        trimesh.creation.box([0.2, 0.2, 0.2]).subdivide().subdivide().subdivide()
+    mesh = (
+        trimesh.creation.icosphere(4, radius=0.1)
+        if shape == "sphere"
+        else trimesh.creation.box([0.2, 0.2, 0.2]).subdivide().subdivide().subdivide()
+    )
     with pytest.raises(MeshError, match="does not look like a face.*residual of [0-9.]+ mm"):
         align_scan(mesh.vertices, mesh.faces)
 
 
 def _write_binary_ply(path, v, f):
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\n"
-              "property float x\nproperty float y\nproperty float z\n"
-              f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n")
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
     faces = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     faces["n"], faces["i"] = 3, f
     with open(path, "wb") as fh:

@@ -89,10 +89,28 @@ def test_facescape_layouts_with_landmark_indices(tmp_path, synth_corpus, capsys)
     np.savez(npz, v10=anny_head.load_landmarks().indices)
     kind, found = find_scans(tmp_path / "tu", npz)
     assert kind == "facescape" and [s.key for s in found] == [
-        "7/1_neutral", "7/2_smile", "9/1_neutral", "9/2_smile"]
+        "7/1_neutral",
+        "7/2_smile",
+        "9/1_neutral",
+        "9/2_smile",
+    ]
     out = tmp_path / "cache"
-    assert main(["prepare", str(tmp_path / "tu"), "--out", str(out), "--landmarks", str(npz),
-                 "--limit", "2", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "tu"),
+                "--out",
+                str(out),
+                "--landmarks",
+                str(npz),
+                "--limit",
+                "2",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     a = Corpus.open(out).load("7/1_neutral")
     assert a["transform"]["method"] == "landmarks68"
     assert np.allclose(a["landmarks68"][30], [0, 0, 0.4], atol=1e-6)

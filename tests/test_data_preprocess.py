@@ -30,10 +30,11 @@ def test_hidden_surface_removal_drops_the_occluded_layer():
     v = np.vstack([v1, v2])
     f = np.vstack([f1, f2 + len(v1)])
     hidden = hidden_vertices(v, f)
-    assert hidden[: len(v1)].all() and not hidden[len(v1):].any()
+    assert hidden[: len(v1)].all() and not hidden[len(v1) :].any()
     # the same answer as casting rays with trimesh
     ray = trimesh.Trimesh(v, f, process=False).ray.intersects_any(
-        v + [0, 0, 1e-4], np.tile([0, 0, 1.0], (len(v), 1)))
+        v + [0, 0, 1e-4], np.tile([0, 0, 1.0], (len(v), 1))
+    )
     assert (ray == hidden).all()
 
 
@@ -72,6 +73,7 @@ def test_preprocess_synthetic_scan(synth_corpus):  # noqa: F811
     behind = s.space_points[:, 2] < -0.8  # far behind the face
     assert (s.space_sdf[behind] < 0).all()
     # surface points sit on the visible mesh
-    sdf_surf, _ = sheet_sdf(Sheet(s.sheet_vertices.astype(float), s.sheet_faces),
-                            s.surface_points[:200])
+    sdf_surf, _ = sheet_sdf(
+        Sheet(s.sheet_vertices.astype(float), s.sheet_faces), s.surface_points[:200]
+    )
     assert np.median(np.abs(sdf_surf)) < 1e-3

@@ -25,8 +25,17 @@ import numpy as np
 from imface.errors import UserError
 
 INDEX = "index.json"
-ARRAYS = ("surface_points", "surface_normals", "space_points", "space_sdf", "space_grad",
-          "landmarks68", "landmarks5", "gt_vertices", "gt_faces")
+ARRAYS = (
+    "surface_points",
+    "surface_normals",
+    "space_points",
+    "space_sdf",
+    "space_grad",
+    "landmarks68",
+    "landmarks5",
+    "gt_vertices",
+    "gt_faces",
+)
 
 
 class Corpus:
@@ -40,8 +49,10 @@ class Corpus:
         root = Path(cache_dir)
         index = root / INDEX
         if not index.exists():
-            raise UserError(f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
-                            "prepare SRC --out CACHE)")
+            raise UserError(
+                f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
+                "prepare SRC --out CACHE)"
+            )
         try:
             data = json.loads(index.read_text())
         except json.JSONDecodeError as exc:
@@ -69,8 +80,11 @@ class Corpus:
     def split(self, test_identities: int | float, seed: int = 0) -> tuple[list[str], list[str]]:
         """Train/test scan keys split by person; `test_identities` is a count or a fraction."""
         ids = self.identities
-        n = int(round(test_identities * len(ids))) if isinstance(test_identities, float) \
+        n = (
+            int(round(test_identities * len(ids)))
+            if isinstance(test_identities, float)
             else int(test_identities)
+        )
         if not 0 <= n <= len(ids):
             raise UserError(f"cannot hold out {n} of {len(ids)} identities")
         test = set(np.random.default_rng(seed).permutation(ids)[:n].tolist())

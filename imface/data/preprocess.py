@@ -119,7 +119,7 @@ def _candidate_pairs(tri, xy, chunk=2_000_000):
     j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     cand = tri_id[np.repeat(start, n) + j]
     for s in range(0, len(pid), chunk):  # bound memory on huge meshes
-        yield pid[s:s + chunk], cand[s:s + chunk]
+        yield pid[s : s + chunk], cand[s : s + chunk]
 
 
 def _height_in_triangle(tri, xy):
@@ -250,8 +250,10 @@ def visible_surface(vertices_model_frame, faces):
     """Steps 1-2: crop to the unit sphere, remove hidden surfaces (model frame)."""
     v, f = crop_sphere(np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64))
     if len(f) == 0:
-        raise MeshError("no part of the scan lies inside the model's unit sphere "
-                        "(is it aligned to the model frame?)")
+        raise MeshError(
+            "no part of the scan lies inside the model's unit sphere "
+            "(is it aligned to the model frame?)"
+        )
     v, f = remove_hidden(v, f)
     if len(f) < 10:
         raise MeshError("nothing of the scan is visible from the front after cropping")
@@ -271,6 +273,14 @@ def preprocess_mesh(vertices_model_frame, faces, n_surface=250_000, n_space=15_0
     space = uniform_ball(n_space, rng)
     sdf, grad = sheet_sdf(sheet, space)
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return SDFSamples(f32(pts), f32(normals), f32(space), f32(sdf), f32(grad),
-                      f32(sheet.vertices), sheet.faces.astype(np.int32), f32(v),
-                      f.astype(np.int32))
+    return SDFSamples(
+        f32(pts),
+        f32(normals),
+        f32(space),
+        f32(sdf),
+        f32(grad),
+        f32(sheet.vertices),
+        sheet.faces.astype(np.int32),
+        f32(v),
+        f.astype(np.int32),
+    )
