@@ -29,7 +29,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     names = ["1_neutral", "2_smile", "3_mouth_stretch", "12_lip_puckerer", "19_brow_raiser"]
-    rows, times, failures = [], [], 0
+    rows, times, failures = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         write_corpus(
             Path(tmp),
@@ -53,8 +53,8 @@ def main():
                 t0 = time.perf_counter()
                 try:
                     al = align_scan(v @ r.T * k + shift, f)
-                except Exception:
-                    failures += 1
+                except Exception as exc:
+                    failures.append(f"{ply.parent.name}/{ply.stem}: {exc}"[:200])
                     continue
                 times.append(time.perf_counter() - t0)
                 back = np.eye(4)
@@ -75,7 +75,8 @@ def main():
                 "benchmark": "align",
                 "seconds_per_scan": round(float(np.mean(times)), 3),
                 "scans": len(rows),
-                "failures": failures,
+                "failures": len(failures),
+                "failure_examples": failures[:3],
                 "rotation_deg_pct": pct(0),
                 "nose_mm_pct": pct(1),
                 "scale_pct_pct": pct(2),

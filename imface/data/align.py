@@ -29,8 +29,8 @@ from imface.errors import MeshError
 TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
 NOSE = np.array([0.0, 0.0, 0.4])
 MODEL_UNIT_M = 0.1  # one model unit in metres
-MAX_RESIDUAL_MM = 3.0
-MIN_INLIERS = 0.7
+MAX_RESIDUAL_MM = 4.0
+MIN_INLIERS = 0.8
 # Above this model-frame height (15 mm below the nose tip) the face is nearly rigid under
 # expressions: the final fit (and the synthetic corpus's frontal frame) uses only that part.
 UPPER_Y = -0.15
