@@ -36,7 +36,7 @@ def errors(al: Alignment, truth, nose_scan):
     return rot, nose * 100.0, abs(al.scale / s_true - 1) * 100.0
 
 
-def test_random_poses_and_units(synth_corpus):
+def test_random_poses_and_units(synth_corpus):  # noqa: F811
     rng = np.random.default_rng(11)
     keys = ["001/1_neutral", "001/3_mouth_stretch", "002/2_smile", "002/21_random"]
     rows = []
@@ -53,7 +53,7 @@ def test_random_poses_and_units(synth_corpus):
     assert rows[:, 0].max() < 3.0 and rows[:, 1].max() < 2.0 and rows[:, 2].max() < 2.0
 
 
-def test_point_cloud_and_back_to_scan_frame(synth_corpus):
+def test_point_cloud_and_back_to_scan_frame(synth_corpus):  # noqa: F811
     v, f, meta = load_synth(synth_corpus, "002/1_neutral")
     posed, truth, _, k, r, shift = _posed(v, meta, np.random.default_rng(5), 30)
     al = align_scan(posed[::3], None)  # a bare point cloud
@@ -78,16 +78,21 @@ def test_manual_landmarks_recover_a_similarity():
 
 @pytest.mark.parametrize("shape", ["sphere", "cube"])
 def test_non_faces_are_refused(shape):
-    mesh = trimesh.creation.icosphere(4, radius=0.1) if shape == "sphere" else \
-        trimesh.creation.box([0.2, 0.2, 0.2]).subdivide().subdivide().subdivide()
+    mesh = (
+        trimesh.creation.icosphere(4, radius=0.1)
+        if shape == "sphere"
+        else trimesh.creation.box([0.2, 0.2, 0.2]).subdivide().subdivide().subdivide()
+    )
     with pytest.raises(MeshError, match="does not look like a face.*residual of [0-9.]+ mm"):
         align_scan(mesh.vertices, mesh.faces)
 
 
 def _write_binary_ply(path, v, f):
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\n"
-              "property float x\nproperty float y\nproperty float z\n"
-              f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n")
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
     faces = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     faces["n"], faces["i"] = 3, f
     with open(path, "wb") as fh:
@@ -97,7 +102,7 @@ def _write_binary_ply(path, v, f):
 
 
 @pytest.mark.slow
-def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):
+def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):  # noqa: F811
     """A dense height-field scan (3 M vertices, metres) is decimated on load and aligned."""
     from scipy.interpolate import LinearNDInterpolator
 
@@ -113,7 +118,8 @@ def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):
     z = np.where(np.isnan(z), np.nanmin(z), z)
     verts = np.stack([x, y, z], -1).reshape(-1, 3) / 10.0  # model units -> metres
     idx = np.arange(n * n).reshape(n, n)
-    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    a, b = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel()
+    c, d = idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
     faces = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)])
     path = tmp_path / "dense.ply"
     _write_binary_ply(path, verts, faces)

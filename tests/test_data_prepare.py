@@ -20,7 +20,7 @@ SMALL = ["--surface", "2000", "--space", "500", "--workers", "1"]
 
 
 @pytest.fixture(scope="module")
-def cache(synth_corpus, tmp_path_factory):
+def cache(synth_corpus, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("cache")
     assert main(["prepare", str(synth_corpus), "--out", str(out), *SMALL]) == 0
     return out
@@ -42,11 +42,12 @@ def test_cache_layout_and_corpus(cache):
     assert np.linalg.norm(a["landmarks5"][2] - [0, 0, 0.4]) < 0.03
     train, test = c.split(1, seed=0)
     assert len(train) == len(test) == 4 and c.split(1, seed=0) == (train, test)
-    assert {c.record(k)["identity"] for k in train}.isdisjoint(c.record(k)["identity"] for k in test)
+    ids = lambda keys: {c.record(k)["identity"] for k in keys}  # noqa: E731
+    assert ids(train).isdisjoint(ids(test))
     assert c.split(0.5, seed=1)[1] != [] and c.mean_landmarks5().shape == (5, 3)
 
 
-def test_rerun_skips_and_recovers_from_interruption(cache, synth_corpus, capsys):
+def test_rerun_skips_and_recovers_from_interruption(cache, synth_corpus, capsys):  # noqa: F811
     victim = cache / "001" / "2_smile"
     stamp = (cache / "002" / "2_smile" / "surface_points.npy").stat().st_mtime_ns
     shutil.rmtree(victim)  # as if the run died while writing it
@@ -74,7 +75,7 @@ def test_dataset_items_and_distributed_sampler(cache):
     assert batch["space_grad"].shape == (2, 192, 3) and batch["scan"].shape == (2,)
 
 
-def test_facescape_layouts_with_landmark_indices(tmp_path, synth_corpus, capsys):
+def test_facescape_layouts_with_landmark_indices(tmp_path, synth_corpus, capsys):  # noqa: F811
     """FaceScape TU: models_reg and flattened layouts, landmarks from landmark_indices.npz."""
     faces = np.load(synth_corpus / "anny_faces.npy")
     for ident, sub in (("7", "models_reg"), ("9", "")):
@@ -88,17 +89,35 @@ def test_facescape_layouts_with_landmark_indices(tmp_path, synth_corpus, capsys)
     np.savez(npz, v10=anny_head.load_landmarks().indices)
     kind, found = find_scans(tmp_path / "tu", npz)
     assert kind == "facescape" and [s.key for s in found] == [
-        "7/1_neutral", "7/2_smile", "9/1_neutral", "9/2_smile"]
+        "7/1_neutral",
+        "7/2_smile",
+        "9/1_neutral",
+        "9/2_smile",
+    ]
     out = tmp_path / "cache"
-    assert main(["prepare", str(tmp_path / "tu"), "--out", str(out), "--landmarks", str(npz),
-                 "--limit", "2", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "tu"),
+                "--out",
+                str(out),
+                "--landmarks",
+                str(npz),
+                "--limit",
+                "2",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     a = Corpus.open(out).load("7/1_neutral")
     assert a["transform"]["method"] == "landmarks68"
     assert np.allclose(a["landmarks68"][30], [0, 0, 0.4], atol=1e-6)
     assert np.linalg.norm(a["landmarks5"] - Corpus.open(out).mean_landmarks5(), axis=1).max() < 0.1
 
 
-def test_plain_folder_uses_automatic_alignment(tmp_path, synth_corpus):
+def test_plain_folder_uses_automatic_alignment(tmp_path, synth_corpus):  # noqa: F811
     src = tmp_path / "drop"
     src.mkdir()
     mesh = trimesh.load(synth_corpus / "002/1_neutral.ply", process=False)

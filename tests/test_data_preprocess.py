@@ -19,7 +19,8 @@ def _grid(n=20, z=0.0, size=1.0):
     x, y = np.meshgrid(g, g)
     v = np.stack([x.ravel(), y.ravel(), np.full(n * n, z)], 1)
     idx = np.arange(n * n).reshape(n, n)
-    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    a, b = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel()
+    c, d = idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
     return v, np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)])
 
 
@@ -29,10 +30,11 @@ def test_hidden_surface_removal_drops_the_occluded_layer():
     v = np.vstack([v1, v2])
     f = np.vstack([f1, f2 + len(v1)])
     hidden = hidden_vertices(v, f)
-    assert hidden[: len(v1)].all() and not hidden[len(v1):].any()
+    assert hidden[: len(v1)].all() and not hidden[len(v1) :].any()
     # the same answer as casting rays with trimesh
     ray = trimesh.Trimesh(v, f, process=False).ray.intersects_any(
-        v + [0, 0, 1e-4], np.tile([0, 0, 1.0], (len(v), 1)))
+        v + [0, 0, 1e-4], np.tile([0, 0, 1.0], (len(v), 1))
+    )
     assert (ray == hidden).all()
 
 
@@ -44,9 +46,10 @@ def test_sheet_sdf_of_a_plane():
     assert np.allclose(grad[:2], [[0, 0, 1], [0, 0, 1]], atol=1e-9)  # normals face +z
     far = np.array([[1.5, 0.0, 0.0]])  # beside the sheet: distance to its edge
     assert np.isclose(sheet_sdf(sheet, far)[0][0], 0.7, atol=1e-9)
+    assert np.allclose(sheet_sdf((sheet.vertices, sheet.faces), q)[0], sdf)
 
 
-def test_preprocess_synthetic_scan(synth_corpus):
+def test_preprocess_synthetic_scan(synth_corpus):  # noqa: F811
     v, f, meta = load_synth(synth_corpus, "001/3_mouth_stretch")  # open mouth: a cavity
     vm = model_frame(v, meta)
     s = preprocess_mesh(vm, f, n_surface=3000, n_space=800, rng=np.random.default_rng(0))
@@ -70,6 +73,7 @@ def test_preprocess_synthetic_scan(synth_corpus):
     behind = s.space_points[:, 2] < -0.8  # far behind the face
     assert (s.space_sdf[behind] < 0).all()
     # surface points sit on the visible mesh
-    sdf_surf, _ = sheet_sdf(Sheet(s.sheet_vertices.astype(float), s.sheet_faces),
-                            s.surface_points[:200])
+    sdf_surf, _ = sheet_sdf(
+        Sheet(s.sheet_vertices.astype(float), s.sheet_faces), s.surface_points[:200]
+    )
     assert np.median(np.abs(sdf_surf)) < 1e-3

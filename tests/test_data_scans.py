@@ -13,7 +13,7 @@ from tests.data_fixtures import load_synth, synth_corpus  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def face(synth_corpus):
+def face(synth_corpus):  # noqa: F811
     v, f, _ = load_synth(synth_corpus, "001/1_neutral")
     return v, f
 
@@ -58,14 +58,18 @@ def _bad(tmp_path, name, data: bytes):
     return p
 
 
-@pytest.mark.parametrize("name,data,message", [
-    ("empty.ply", b"", "empty"),
-    ("garbage.ply", bytes(range(256)) * 40, "cannot read"),
-    ("garbage.obj", bytes(range(256)) * 40, "no "),
-    ("garbage.stl", b"\x00\xff" * 3000, "garbage.stl"),
-    ("notes.docx", b"hello", "unsupported"),
-    ("tiny.xyz", b"0 0 0\n1 0 0\n0 1 0\n", "only 3 points"),
-], ids=["empty", "garbage-ply", "garbage-obj", "garbage-stl", "unsupported", "three-points"])
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("empty.ply", b"", "empty"),
+        ("garbage.ply", bytes(range(256)) * 40, "cannot read"),
+        ("garbage.obj", bytes(range(256)) * 40, "no "),
+        ("garbage.stl", b"\x00\xff" * 3000, "garbage.stl"),
+        ("notes.docx", b"hello", "unsupported"),
+        ("tiny.xyz", b"0 0 0\n1 0 0\n0 1 0\n", "only 3 points"),
+    ],
+    ids=["empty", "garbage-ply", "garbage-obj", "garbage-stl", "unsupported", "three-points"],
+)
 def test_bad_files(tmp_path, name, data, message):
     with pytest.raises(MeshError, match=message) as info:
         load_scan(_bad(tmp_path, name, data))
@@ -90,9 +94,22 @@ def test_nan_and_degenerate_meshes(tmp_path, face):
 
 def test_cli_prints_one_line(tmp_path):
     bad = _bad(tmp_path, "broken.ply", b"ply\nformat nonsense\n")
-    proc = subprocess.run([sys.executable, "-m", "imface", "prepare", str(tmp_path), "--out",
-                           str(tmp_path / "cache"), "--workers", "1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imface",
+            "prepare",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "cache"),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "broken.ply" in proc.stderr
     assert bad.exists()

@@ -9,7 +9,7 @@ from imface.data.detail import displacement_mm
 from tests.data_fixtures import EXPRESSIONS, load_synth, model_frame, synth_corpus  # noqa: F401
 
 
-def test_layout_and_metadata(synth_corpus):
+def test_layout_and_metadata(synth_corpus):  # noqa: F811
     info = json.loads((synth_corpus / "corpus.json").read_text())
     assert info["scans"] == 2 * (len(EXPRESSIONS) + 1)
     assert (synth_corpus / "anny_faces.npy").exists()
@@ -24,13 +24,14 @@ def test_layout_and_metadata(synth_corpus):
     assert not load_synth(synth_corpus, "001/2_smile")[2]["neutral"]
     # the nose tip goes to (0, 0, 0.4); the face lies in the unit sphere around the origin
     t = np.asarray(meta["to_model"])
-    assert np.allclose(np.asarray(meta["nose_tip"]) @ t[:3, :3].T + t[:3, 3], [0, 0, 0.4],
-                       atol=1e-6)
+    assert np.allclose(
+        np.asarray(meta["nose_tip"]) @ t[:3, :3].T + t[:3, 3], [0, 0, 0.4], atol=1e-6
+    )
     vm = model_frame(v, meta)
     assert vm[:, 2].max() < 0.45 and np.linalg.norm(vm, axis=1).min() < 1.0
 
 
-def test_landmarks_match_template_and_are_symmetric(synth_corpus):
+def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
     from imface.data.align import template
 
     idx = anny_head.load_landmarks().indices
@@ -47,7 +48,7 @@ def test_landmarks_match_template_and_are_symmetric(synth_corpus):
     assert tl[8, 1] < tl[57, 1] < tl[51, 1] < tl[33, 1] < tl[30, 1] < tl[27, 1] < tl[21, 1]
 
 
-def test_deterministic_for_a_seed(tmp_path, synth_corpus):
+def test_deterministic_for_a_seed(tmp_path, synth_corpus):  # noqa: F811
     from imface.data.synth import write_corpus
 
     write_corpus(tmp_path / "a", 1, seed=3, extra=0, progress=False, expressions=["2_smile"])
@@ -59,15 +60,26 @@ def test_deterministic_for_a_seed(tmp_path, synth_corpus):
 
 def test_expression_folds_follow_the_actions():
     gen_lm = {i: np.zeros(3) for i in range(68)}
-    gen_lm.update({19: np.array([-20, 40, -10.0]), 24: np.array([20, 40, -10.0]),
-                   21: np.array([-8, 35, -5.0]), 22: np.array([8, 35, -5.0]),
-                   36: np.array([-45, 30, -30.0]), 45: np.array([45, 30, -30.0]),
-                   31: np.array([-12, -5, -15.0]), 35: np.array([12, -5, -15.0]),
-                   48: np.array([-25, -35, -15.0]), 54: np.array([25, -35, -15.0])})
+    gen_lm.update(
+        {
+            19: np.array([-20, 40, -10.0]),
+            24: np.array([20, 40, -10.0]),
+            21: np.array([-8, 35, -5.0]),
+            22: np.array([8, 35, -5.0]),
+            36: np.array([-45, 30, -30.0]),
+            45: np.array([45, 30, -30.0]),
+            31: np.array([-12, -5, -15.0]),
+            35: np.array([12, -5, -15.0]),
+            48: np.array([-25, -35, -15.0]),
+            54: np.array([25, -35, -15.0]),
+        }
+    )
     forehead = np.stack([np.zeros(200), np.linspace(50, 85, 200), np.full(200, -20.0)], 1)
     rest = displacement_mm(forehead, gen_lm, {}, 0.5, 0)
     raised = displacement_mm(forehead, gen_lm, {"browInnerUp": 1.0}, 0.5, 0)
     assert np.ptp(raised) > 2 * np.ptp(rest) > 0  # deeper lines when the brows go up
     fold = np.array([[-25.5, -20.5, -10.0]])  # mid-way along the nasolabial line
-    assert displacement_mm(fold, gen_lm, {"mouthSmileLeft": 1, "mouthSmileRight": 1}, 0.5, 0) \
+    assert (
+        displacement_mm(fold, gen_lm, {"mouthSmileLeft": 1, "mouthSmileRight": 1}, 0.5, 0)
         < displacement_mm(fold, gen_lm, {}, 0.5, 0) - 0.3
+    )

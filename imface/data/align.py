@@ -7,12 +7,11 @@ model frame can be taken back to the scan's own frame and unit (``Alignment.to_s
 Automatic alignment (no landmarks): the scan's unit gives the scale (guessed from its size unless
 given; a free-scale fit overrides it only when far off). 300 rotations covering SO(3), each with
 one of the scan's two most forward bumps on the template nose tip, run a short trimmed
-point-to-plane ICP (batched) against the template face (resources/template_face.npz, the average Anny
-face); the best 8 run a longer one; the winner is refined on the upper face (above the upper
-lip), which expressions hardly move. The nose tip is then snapped to
-(0, 0, 0.4) (noses differ in length, ICP fits the whole face). A face that fits badly (RMS
-residual or too few template points matched) is refused: it is not a face, or not one we can
-place.
+point-to-plane ICP (batched) against the template face (resources/template_face.npz, the
+average Anny face); the best 8 run a longer one; the winner is refined on the upper face (above
+the upper lip), which expressions hardly move. The nose tip is then snapped to (0, 0, 0.4)
+(noses differ in length; ICP fits the whole face). A face that fits badly (RMS residual, or
+too few template points matched) is refused: it is not a face, or not one we can place.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from imface.errors import MeshError
 TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
 NOSE = np.array([0.0, 0.0, 0.4])
 MODEL_UNIT_M = 0.1  # one model unit in metres
-MAX_RESIDUAL_MM = 3.0
-MIN_INLIERS = 0.7
+MAX_RESIDUAL_MM = 4.0
+MIN_INLIERS = 0.8
 # Above this model-frame height (15 mm below the nose tip) the face is nearly rigid under
 # expressions: the final fit (and the synthetic corpus's frontal frame) uses only that part.
 UPPER_Y = -0.15
@@ -50,8 +49,13 @@ class Alignment:
         return self.transform[:3, :3] / self.scale
 
     def inverse(self) -> Alignment:
-        return Alignment(np.linalg.inv(self.transform), 1.0 / self.scale, self.residual_mm,
-                         self.inlier_fraction, self.unit)
+        return Alignment(
+            np.linalg.inv(self.transform),
+            1.0 / self.scale,
+            self.residual_mm,
+            self.inlier_fraction,
+            self.unit,
+        )
 
     def to_model(self, points) -> np.ndarray:
         return _apply(self.transform, points)
@@ -60,14 +64,23 @@ class Alignment:
         return _apply(np.linalg.inv(self.transform), points)
 
     def to_dict(self) -> dict:
-        return {"transform": self.transform.tolist(), "scale": self.scale,
-                "residual_mm": self.residual_mm, "inlier_fraction": self.inlier_fraction,
-                "unit": self.unit}
+        return {
+            "transform": self.transform.tolist(),
+            "scale": self.scale,
+            "residual_mm": self.residual_mm,
+            "inlier_fraction": self.inlier_fraction,
+            "unit": self.unit,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Alignment:
-        return cls(np.asarray(d["transform"], float), float(d["scale"]), float(d["residual_mm"]),
-                   float(d.get("inlier_fraction", 1.0)), d.get("unit"))
+        return cls(
+            np.asarray(d["transform"], float),
+            float(d["scale"]),
+            float(d["residual_mm"]),
+            float(d.get("inlier_fraction", 1.0)),
+            d.get("unit"),
+        )
 
 
 def _apply(m, points):
@@ -94,7 +107,7 @@ def similarity(src, dst, weights=None, scale=None):
     fix = np.diag([1.0, 1.0, d])
     r = u @ fix @ vt
     if scale is None:
-        var = (w * (a ** 2).sum(1)).sum()
+        var = (w * (a**2).sum(1)).sum()
         scale = float((sig * np.diag(fix)).sum() / max(var, 1e-30))
     return scale, r, mu_d - scale * r @ mu_s
 
@@ -104,8 +117,10 @@ class Template:
 
     def __init__(self, path: Path = TEMPLATE_FILE):
         if not Path(path).exists():
-            raise MeshError(f"{path}: the alignment template is missing (run "
-                            "python -m imface.data.align --build-template)")
+            raise MeshError(
+                f"{path}: the alignment template is missing (run "
+                "python -m imface.data.align --build-template)"
+            )
         data = np.load(path)
         self.points = data["points"].astype(np.float64)
         self.normals = data["normals"].astype(np.float64)
@@ -220,8 +235,12 @@ def _rotations():
     pose is within ~30 degrees of one, mostly inside ICP's basin of convergence on a face."""
     global _ROTATIONS
     if _ROTATIONS is None:
-        _ROTATIONS = np.concatenate([Rotation.create_group("I").as_matrix(),
-                                     Rotation.random(240, random_state=7).as_matrix()])
+        _ROTATIONS = np.concatenate(
+            [
+                Rotation.create_group("I").as_matrix(),
+                Rotation.random(240, random_state=7).as_matrix(),
+            ]
+        )
     return _ROTATIONS
 
 
@@ -259,7 +278,8 @@ def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120
         src = np.einsum("kij,kpj->kpi", mats[:, :3, :3], pts[nn].reshape(k, -1, 3))
         src += mats[:, None, :3, 3]
         d = np.linalg.norm(src - tp, axis=2)
-        thr = np.partition(d, int((1 - trim) * (n_probe - 1)), axis=1)[:, int((1 - trim) * (n_probe - 1))]
+        kth = int((1 - trim) * (n_probe - 1))
+        thr = np.partition(d, kth, axis=1)[:, kth]
         w1 = d <= thr[:, None]
         if it == iters:
             break
@@ -281,12 +301,18 @@ def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120
         delta[:, :3, :3] = Rotation.from_rotvec(x[:, :3]).as_matrix()
         delta[:, :3, 3] = x[:, 3:]
         mats = delta @ mats
-    rms = np.sqrt((d ** 2 * w1).sum(1) / w1.sum(1))
+    rms = np.sqrt((d**2 * w1).sum(1) / w1.sum(1))
     return mats, rms - 0.02 * (d < 0.05).mean(1)
 
 
-def align_scan(vertices, faces_or_none=None, unit: str | None = None, path: str = "",
-               rng=None, check: bool = True) -> Alignment:
+def align_scan(
+    vertices,
+    faces_or_none=None,
+    unit: str | None = None,
+    path: str = "",
+    rng=None,
+    check: bool = True,
+) -> Alignment:
     """Find the similarity taking a scan (any pose, any unit) to the model frame."""
     v = np.asarray(vertices, dtype=np.float64)
     where = f"{path}: " if path else ""
@@ -318,10 +344,12 @@ def align_scan(vertices, faces_or_none=None, unit: str | None = None, path: str 
     m = _snap_nose(m, np.vstack([pts, v]))
     align = Alignment(m, s, rms * 100.0, inl, unit)
     if check and (align.residual_mm > MAX_RESIDUAL_MM or inl < MIN_INLIERS):
-        raise MeshError(f"{where}does not look like a face: the template fits with an RMS "
-                        f"residual of {align.residual_mm:.1f} mm and matches "
-                        f"{100 * inl:.0f}% of it within 5 mm (need <= {MAX_RESIDUAL_MM:.0f} mm "
-                        f"and >= {100 * MIN_INLIERS:.0f}%); align it by hand from 5 points")
+        raise MeshError(
+            f"{where}does not look like a face: the template fits with an RMS "
+            f"residual of {align.residual_mm:.1f} mm and matches "
+            f"{100 * inl:.0f}% of it within 5 mm (need <= {MAX_RESIDUAL_MM:.0f} mm "
+            f"and >= {100 * MIN_INLIERS:.0f}%); align it by hand from 5 points"
+        )
     return align
 
 
@@ -329,7 +357,8 @@ def nose_apex(points_model, guess=NOSE):
     """The nose tip (pronasale) of points in the model frame: the apex of a quadric fitted to
     the most forward points within 12 mm (x, y) of `guess`; None when there are too few."""
     pm = np.asarray(points_model, dtype=np.float64)
-    near = (np.linalg.norm(pm[:, :2] - guess[:2], axis=1) < 0.12) & (np.abs(pm[:, 2] - guess[2]) < 0.3)
+    near = np.linalg.norm(pm[:, :2] - guess[:2], axis=1) < 0.12
+    near &= np.abs(pm[:, 2] - guess[2]) < 0.3
     if near.sum() < 20:
         return None
     p = pm[near]
@@ -347,8 +376,14 @@ def nose_apex(points_model, guess=NOSE):
     off = np.linalg.solve(h, -c[1:3])
     if np.linalg.norm(off) > 0.03:
         return top
-    z = c[0] + c[1] * off[0] + c[2] * off[1] + c[3] * off[0] ** 2 + c[4] * off[0] * off[1] \
+    z = (
+        c[0]
+        + c[1] * off[0]
+        + c[2] * off[1]
+        + c[3] * off[0] ** 2
+        + c[4] * off[0] * off[1]
         + c[5] * off[1] ** 2
+    )
     return np.array([top[0] + off[0], top[1] + off[1], z])
 
 
@@ -362,8 +397,7 @@ def _snap_nose(m, pts):
     return out
 
 
-def align_from_landmarks(scan_points5, model_points5=None, scale: float | None = None
-                         ) -> Alignment:
+def align_from_landmarks(scan_points5, model_points5=None, scale: float | None = None) -> Alignment:
     """Manual fallback: a similarity from picked points (e.g. the 5 blend landmarks: outer eye
     corners, nose tip, mouth corners) to their model-frame positions (template's by default)."""
     src = np.asarray(scan_points5, dtype=np.float64)
@@ -375,7 +409,7 @@ def align_from_landmarks(scan_points5, model_points5=None, scale: float | None =
     s, r, t = similarity(src, dst, scale=scale)
     m = _matrix(s, r, t)
     res = np.linalg.norm(_apply(m, src) - dst, axis=1)
-    return Alignment(m, s, float(np.sqrt(np.mean(res ** 2)) * 100.0))
+    return Alignment(m, s, float(np.sqrt(np.mean(res**2)) * 100.0))
 
 
 def align_landmarks68(scan_lm68, metres_per_unit: float) -> Alignment:
@@ -407,8 +441,12 @@ def build_template(out: Path = TEMPLATE_FILE, n: int = 6000) -> None:
     nrm[nrm[:, 2] < 0] *= -1
     # The front of the face: the sides and ears inside the sphere vary most between scans.
     keep = (nrm[:, 2] > 0.2) & (np.linalg.norm(pts - NOSE, axis=1) < 0.95)
-    np.savez_compressed(out, points=pts[keep].astype(np.float32),
-                        normals=nrm[keep].astype(np.float32), landmarks68=lm.astype(np.float32))
+    np.savez_compressed(
+        out,
+        points=pts[keep].astype(np.float32),
+        normals=nrm[keep].astype(np.float32),
+        landmarks68=lm.astype(np.float32),
+    )
 
 
 if __name__ == "__main__":

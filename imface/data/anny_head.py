@@ -22,8 +22,21 @@ LANDMARKS_FILE = RESOURCES / "anny_landmarks68.json"
 
 # Local changes that move the whole head (its angle, its place) would change the frame itself;
 # identity sampling leaves them out so that every synthetic face shares the canonical axes.
-_FACE_PREFIXES = ("cheek", "chin", "eyebrows", "forehead", "head", "mouth", "nose", "l-eye",
-                  "r-eye", "l-cheek", "r-cheek", "l-ear", "r-ear")
+_FACE_PREFIXES = (
+    "cheek",
+    "chin",
+    "eyebrows",
+    "forehead",
+    "head",
+    "mouth",
+    "nose",
+    "l-eye",
+    "r-eye",
+    "l-cheek",
+    "r-cheek",
+    "l-ear",
+    "r-ear",
+)
 _FRAME_CHANGES = ("head-angle-out", "head-trans-forward", "head-trans-up", "head-trans-out")
 
 # Anny axes -> model axes: (x, y, z) -> (x, z, -y).
@@ -38,13 +51,20 @@ def build_model():
     import anny
 
     with _lock:
-        return anny.Anny(rig="makehuman-head", topology="head-noeyes-notongue",
-                         local_changes="all", facial_actions="all")
+        return anny.Anny(
+            rig="makehuman-head",
+            topology="head-noeyes-notongue",
+            local_changes="all",
+            facial_actions="all",
+        )
 
 
 def face_change_labels(model) -> list[str]:
-    return [label for label in model.local_change_labels
-            if label.startswith(_FACE_PREFIXES) and label not in _FRAME_CHANGES]
+    return [
+        label
+        for label in model.local_change_labels
+        if label.startswith(_FACE_PREFIXES) and label not in _FRAME_CHANGES
+    ]
 
 
 def action_labels() -> list[str]:
@@ -63,15 +83,21 @@ class Identity:
     age_wrinkles: float = 0.5  # depth factor of expression folds (older skin folds deeper)
 
     def to_dict(self) -> dict:
-        return {"phenotype": self.phenotype, "local_changes": self.local_changes,
-                "detail_seed": self.detail_seed, "age_wrinkles": self.age_wrinkles}
+        return {
+            "phenotype": self.phenotype,
+            "local_changes": self.local_changes,
+            "detail_seed": self.detail_seed,
+            "age_wrinkles": self.age_wrinkles,
+        }
 
 
 def sample_identity(model, rng: np.random.Generator, sigma: float = 0.2) -> Identity:
     """Moderate identities: Gaussian around the average, clipped, so no caricatures. Left and
     right changes share their value up to a small asymmetry, as in real faces."""
-    pheno = {label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85))
-             for label in model.phenotype_labels}
+    pheno = {
+        label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85))
+        for label in model.phenotype_labels
+    }
     pheno["age"] = float(rng.uniform(0.45, 0.9))  # adults (0.5 ~ 25 years in Anny)
     changes: dict[str, float] = {}
     for label in face_change_labels(model):
@@ -90,9 +116,12 @@ def anny_vertices(model, identity: Identity, actions: dict[str, float]):
 
     pose = torch.eye(4, dtype=model.dtype)[None, None].repeat(1, model.bone_count, 1, 1)
     with torch.no_grad():
-        out = model(pose_parameters=pose, phenotype_kwargs=identity.phenotype,
-                    local_changes_kwargs=identity.local_changes,
-                    facial_actions={k: float(v) for k, v in actions.items()})
+        out = model(
+            pose_parameters=pose,
+            phenotype_kwargs=identity.phenotype,
+            local_changes_kwargs=identity.local_changes,
+            facial_actions={k: float(v) for k, v in actions.items()},
+        )
     verts = out["vertices"][0].double().cpu().numpy()
     return verts @ ANNY_TO_MODEL.T
 

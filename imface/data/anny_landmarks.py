@@ -46,10 +46,16 @@ def derive(v, faces, v_open):
     sharp = _sharp_vertices(mesh)
     sv = v[sharp]
     front = sv[:, 2] > N[2] - 0.06
-    eye = sharp[front & (sv[:, 0] < -0.01) & (sv[:, 0] > -0.07)
-                & (sv[:, 1] > N[1] + 0.01) & (sv[:, 1] < N[1] + 0.06)]
-    mouth = sharp[front & (np.abs(sv[:, 0]) < 0.04) & (sv[:, 1] < N[1] - 0.012)
-                  & (sv[:, 1] > N[1] - 0.06)]
+    eye = sharp[
+        front
+        & (sv[:, 0] < -0.01)
+        & (sv[:, 0] > -0.07)
+        & (sv[:, 1] > N[1] + 0.01)
+        & (sv[:, 1] < N[1] + 0.06)
+    ]
+    mouth = sharp[
+        front & (np.abs(sv[:, 0]) < 0.04) & (sv[:, 1] < N[1] - 0.012) & (sv[:, 1] > N[1] - 0.06)
+    ]
     L = {}
     # Right eye (subject's right = -x): corners are the x-extremes of the lid-margin crease.
     outer, inner = eye[np.argmin(v[eye, 0])], eye[np.argmax(v[eye, 0])]
@@ -73,8 +79,12 @@ def derive(v, faces, v_open):
     line = mouth[np.abs(v[mouth, 1] - lip_y) < 0.01]
     upper = line[drop[line] < 0.3 * drop[line].max()]
     lower = line[drop[line] >= 0.3 * drop[line].max()]
-    for k, grp, x in ((61, upper, -half / 3), (62, upper, 0.0), (66, lower, 0.0),
-                      (67, lower, -half / 3)):
+    for k, grp, x in (
+        (61, upper, -half / 3),
+        (62, upper, 0.0),
+        (66, lower, 0.0),
+        (67, lower, -half / 3),
+    ):
         L[k] = int(grp[np.argmin(np.abs(v[grp, 0] - x) + 0.3 * np.abs(v[grp, 1] - lip_y))])
     corner_inner = line[np.argsort(np.abs(v[line, 0] + 0.85 * half))]
     L[60] = int(corner_inner[0])
@@ -102,8 +112,13 @@ def derive(v, faces, v_open):
     L[32] = _front_vertex(v, n, (-0.22 * half, y_base - 0.001), 0.003)
     # Brows: an arch over the eye, from beyond the outer corner to above the inner corner.
     brow_base = ymid + 0.45 * width
-    for k, t, lift in ((17, -0.1, 0.0), (18, 0.15, 0.004), (19, 0.4, 0.006), (20, 0.65, 0.006),
-                       (21, 0.9, 0.004)):
+    for k, t, lift in (
+        (17, -0.1, 0.0),
+        (18, 0.15, 0.004),
+        (19, 0.4, 0.006),
+        (20, 0.65, 0.006),
+        (21, 0.9, 0.004),
+    ):
         L[k] = _front_vertex(v, n, (c0[0] + t * width, brow_base + lift), 0.004)
     # Jaw contour: an ellipse from the eye-corner level (face width there, ears excluded) to
     # the chin, each point projected onto the front-most surface.
@@ -121,9 +136,26 @@ def derive(v, faces, v_open):
 
 
 # iBUG-68 left/right pairs (right-side index -> left-side index); midline points map to themselves.
-_PAIRS = {**{i: 16 - i for i in range(8)}, **{17 + i: 26 - i for i in range(5)},
-          36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46, 31: 35, 32: 34, 48: 54, 49: 53, 50: 52,
-          59: 55, 58: 56, 60: 64, 61: 63, 67: 65}
+_PAIRS = {
+    **{i: 16 - i for i in range(8)},
+    **{17 + i: 26 - i for i in range(5)},
+    36: 45,
+    37: 44,
+    38: 43,
+    39: 42,
+    40: 47,
+    41: 46,
+    31: 35,
+    32: 34,
+    48: 54,
+    49: 53,
+    50: 52,
+    59: 55,
+    58: 56,
+    60: 64,
+    61: 63,
+    67: 65,
+}
 
 
 def _mirror(v, L):
@@ -143,8 +175,11 @@ def average_heads():
 
     model = build_model()
     ident = Identity({k: 0.5 for k in model.phenotype_labels}, {})
-    return (anny_vertices(model, ident, {}), anny_faces(model),
-            anny_vertices(model, ident, {"jawOpen": 1.0}))
+    return (
+        anny_vertices(model, ident, {}),
+        anny_faces(model),
+        anny_vertices(model, ident, {"jawOpen": 1.0}),
+    )
 
 
 def render(v, faces, idx, path, view="front"):
@@ -156,8 +191,15 @@ def render(v, faces, idx, path, view="front"):
     p.add_mesh(mesh, color="w", smooth_shading=True)
     pts = v[idx]
     p.add_points(pts + [0, 0, 0.001], color="r", point_size=9, render_points_as_spheres=True)
-    p.add_point_labels(pts + [0, 0, 0.003], [str(i) for i in range(68)], font_size=10,
-                       point_size=1, shape=None, text_color="blue", always_visible=True)
+    p.add_point_labels(
+        pts + [0, 0, 0.003],
+        [str(i) for i in range(68)],
+        font_size=10,
+        point_size=1,
+        shape=None,
+        text_color="blue",
+        always_visible=True,
+    )
     nose = v[idx[30]]
     eye = (0, nose[1], 0.8) if view == "front" else (0.8, nose[1], nose[2])
     p.camera_position = [eye, (0, nose[1], 0.0), (0, 1, 0)]
@@ -176,11 +218,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     v, faces, v_open = average_heads()
     idx = derive(v, faces, v_open)
-    LANDMARKS_FILE.write_text(json.dumps({
-        "description": "iBUG-68 landmark vertex indices on the Anny head topology "
-                       "(makehuman-head rig, head-noeyes-notongue, 4200 vertices); "
-                       "derived by imface/data/anny_landmarks.py and checked by rendering",
-        "indices": idx}, indent=1) + "\n")
+    LANDMARKS_FILE.write_text(
+        json.dumps(
+            {
+                "description": "iBUG-68 landmark vertex indices on the Anny head topology "
+                "(makehuman-head rig, head-noeyes-notongue, 4200 vertices); "
+                "derived by imface/data/anny_landmarks.py and checked by rendering",
+                "indices": idx,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     if args.render:
         render(v, faces, idx, args.render)
     if args.side:

@@ -1,6 +1,7 @@
 """The prepared cache: what ``imface prepare`` writes and what training and evaluation read.
 
-    CACHE/index.json      {"version": 1, "scans": [record, ...]}; record = {"key": "<id>/<k>_<name>",
+    CACHE/index.json      {"version": 1, "scans": [record, ...]};
+                          record = {"key": "<id>/<k>_<name>",
                           "identity", "expression", "neutral", "dir" (relative), "landmarks":
                           "given" | "estimated", "source"}
     CACHE/registered_faces.npy     (synthetic corpora) faces of registered_vertices.npy
@@ -24,8 +25,17 @@ import numpy as np
 from imface.errors import UserError
 
 INDEX = "index.json"
-ARRAYS = ("surface_points", "surface_normals", "space_points", "space_sdf", "space_grad",
-          "landmarks68", "landmarks5", "gt_vertices", "gt_faces")
+ARRAYS = (
+    "surface_points",
+    "surface_normals",
+    "space_points",
+    "space_sdf",
+    "space_grad",
+    "landmarks68",
+    "landmarks5",
+    "gt_vertices",
+    "gt_faces",
+)
 
 
 class Corpus:
@@ -39,8 +49,10 @@ class Corpus:
         root = Path(cache_dir)
         index = root / INDEX
         if not index.exists():
-            raise UserError(f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
-                            "prepare SRC --out CACHE)")
+            raise UserError(
+                f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
+                "prepare SRC --out CACHE)"
+            )
         try:
             data = json.loads(index.read_text())
         except json.JSONDecodeError as exc:

@@ -18,8 +18,14 @@ class SDFDataset(Dataset):
     (index into the sorted identities of these keys), neutral (bool).
     """
 
-    def __init__(self, corpus: Corpus, keys=None, points_per_scan: int = 4096,
-                 surface_fraction: float = 0.5, seed: int | None = None):
+    def __init__(
+        self,
+        corpus: Corpus,
+        keys=None,
+        points_per_scan: int = 4096,
+        surface_fraction: float = 0.5,
+        seed: int | None = None,
+    ):
         self.corpus = corpus
         self.scan_keys = list(corpus.keys if keys is None else keys)
         if not self.scan_keys:

@@ -36,7 +36,7 @@ def forehead_lines(c, lm, depth):
 def glabella_lines(c, lm, depth):
     y0 = 0.5 * (lm[21][1] + lm[22][1])
     mask = _smooth_box(c[:, 1], y0 - 12, y0 + 14, 4) * (c[:, 2] > -60)
-    lines = np.exp(-((np.abs(c[:, 0]) - 5.5) / 1.2) ** 2)
+    lines = np.exp(-(((np.abs(c[:, 0]) - 5.5) / 1.2) ** 2))
     return -depth * mask * lines
 
 
@@ -64,8 +64,15 @@ def nasolabial_folds(c, lm, depth):
         outward = np.sign(off[:, 0] * side)  # cheek side of the line
         along = np.sin(np.pi * t) ** 0.5
         front = c[:, 2] > -50
-        out += depth * along * front * (-np.exp(-(dist / 2.2) ** 2)
-                                        + 0.4 * (outward > 0) * np.exp(-((dist - 5) / 3.5) ** 2))
+        out += (
+            depth
+            * along
+            * front
+            * (
+                -np.exp(-((dist / 2.2) ** 2))
+                + 0.4 * (outward > 0) * np.exp(-(((dist - 5) / 3.5) ** 2))
+            )
+        )
     return out
 
 
@@ -84,12 +91,26 @@ def displacement_mm(canon, lm, actions, age_wrinkles, seed):
     a = lambda *names: sum(actions.get(n, 0.0) for n in names)  # noqa: E731
     fold = 0.5 + age_wrinkles  # older skin folds deeper
     brow_up = min(1.0, a("browInnerUp") + 0.5 * a("browOuterUpLeft", "browOuterUpRight"))
-    brow_down = min(1.0, 0.5 * a("browDownLeft", "browDownRight") + 0.3 * a("noseSneerLeft",
-                                                                          "noseSneerRight"))
-    squint = min(1.0, 0.5 * a("eyeSquintLeft", "eyeSquintRight", "cheekSquintLeft",
-                              "cheekSquintRight") + 0.3 * a("mouthSmileLeft", "mouthSmileRight"))
-    smile = min(1.0, 0.5 * a("mouthSmileLeft", "mouthSmileRight", "mouthUpperUpLeft",
-                             "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight"))
+    brow_down = min(
+        1.0, 0.5 * a("browDownLeft", "browDownRight") + 0.3 * a("noseSneerLeft", "noseSneerRight")
+    )
+    squint = min(
+        1.0,
+        0.5 * a("eyeSquintLeft", "eyeSquintRight", "cheekSquintLeft", "cheekSquintRight")
+        + 0.3 * a("mouthSmileLeft", "mouthSmileRight"),
+    )
+    smile = min(
+        1.0,
+        0.5
+        * a(
+            "mouthSmileLeft",
+            "mouthSmileRight",
+            "mouthUpperUpLeft",
+            "mouthUpperUpRight",
+            "noseSneerLeft",
+            "noseSneerRight",
+        ),
+    )
     d = forehead_lines(canon, lm, fold * (0.08 + 0.45 * brow_up))
     d += glabella_lines(canon, lm, fold * (0.03 + 0.5 * brow_down))
     d += crows_feet(canon, lm, fold * (0.03 + 0.35 * squint))

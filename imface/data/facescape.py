@@ -38,8 +38,13 @@ class ScanSource:
     unit: str | None = None
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "identity": self.identity, "expression": self.expression,
-                "path": str(self.path), "neutral": self.neutral}
+        return {
+            "key": self.key,
+            "identity": self.identity,
+            "expression": self.expression,
+            "path": str(self.path),
+            "neutral": self.neutral,
+        }
 
 
 def find_scans(src, landmark_file=None) -> tuple[str, list[ScanSource]]:
@@ -65,8 +70,10 @@ def load_landmark_indices(path) -> np.ndarray:
         data = np.load(path)
         idx = np.asarray(data["v10"] if hasattr(data, "files") else data).reshape(-1)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read landmark indices (expected FaceScape's "
-                        f"landmark_indices.npz with key 'v10'): {exc}") from None
+        raise UserError(
+            f"{path}: cannot read landmark indices (expected FaceScape's "
+            f"landmark_indices.npz with key 'v10'): {exc}"
+        ) from None
     if len(idx) != 68:
         raise UserError(f"{path}: expected 68 landmark indices, found {len(idx)}")
     return idx.astype(np.int64)
@@ -82,9 +89,19 @@ def _synthetic(src: Path) -> list[ScanSource]:
         ply = meta_path.with_name(stem + ".ply")
         if not ply.exists():
             continue
-        out.append(ScanSource(f"{meta['identity']}/{stem}", meta["identity"], stem, ply,
-                              bool(meta["neutral"]), meta["to_model"], meta["landmarks68"],
-                              meta_path.with_name(stem + ".reg.npy"), unit=meta.get("unit")))
+        out.append(
+            ScanSource(
+                f"{meta['identity']}/{stem}",
+                meta["identity"],
+                stem,
+                ply,
+                bool(meta["neutral"]),
+                meta["to_model"],
+                meta["landmarks68"],
+                meta_path.with_name(stem + ".reg.npy"),
+                unit=meta.get("unit"),
+            )
+        )
     return out
 
 
@@ -95,8 +112,17 @@ def _facescape(src: Path, indices) -> list[ScanSource]:
         for obj in sorted(folder.glob("*.obj")):
             if not EXPRESSION_NAME.match(obj.stem):
                 continue
-            out.append(ScanSource(f"{ident.name}/{obj.stem}", ident.name, obj.stem, obj,
-                                  obj.stem == NEUTRAL, landmark_indices=indices, unit="mm"))
+            out.append(
+                ScanSource(
+                    f"{ident.name}/{obj.stem}",
+                    ident.name,
+                    obj.stem,
+                    obj,
+                    obj.stem == NEUTRAL,
+                    landmark_indices=indices,
+                    unit="mm",
+                )
+            )
     return out
 
 
@@ -109,6 +135,7 @@ def _plain(src: Path) -> list[ScanSource]:
         rel = path.relative_to(src)
         identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
         expr = path.stem
-        out.append(ScanSource(f"{identity}/{expr}", identity, expr, path,
-                              "neutral" in expr.lower()))
+        out.append(
+            ScanSource(f"{identity}/{expr}", identity, expr, path, "neutral" in expr.lower())
+        )
     return out

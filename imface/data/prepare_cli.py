@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -26,14 +27,19 @@ from imface.errors import MeshError
 def add_arguments(parser) -> None:
     parser.add_argument("src", help="synthetic corpus, FaceScape TU folder, or folder of scans")
     parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--surface", type=int, default=250_000,
-                        help="surface points per scan (paper: 250k)")
-    parser.add_argument("--space", type=int, default=15_000,
-                        help="points in the unit sphere per scan (paper: 15k)")
+    parser.add_argument(
+        "--surface", type=int, default=250_000, help="surface points per scan (paper: 250k)"
+    )
+    parser.add_argument(
+        "--space", type=int, default=15_000, help="points in the unit sphere per scan (paper: 15k)"
+    )
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--landmarks", help="FaceScape landmark_indices.npz (key v10)")
-    parser.add_argument("--unit", choices=("m", "cm", "mm"), help="unit of the scans "
-                        "(default: from the corpus, or guessed from each scan's size)")
+    parser.add_argument(
+        "--unit",
+        choices=("m", "cm", "mm"),
+        help="unit of the scans (default: from the corpus, or guessed from each scan's size)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="prepare only the first N scans")
 
@@ -42,17 +48,29 @@ def run(args) -> int:
     kind, sources = find_scans(args.src, args.landmarks)
     if args.limit:
         sources = sources[: args.limit]
-    records, failed = prepare(sources, Path(args.out), args.surface, args.space,
-                              args.workers, args.seed, args.unit, kind)
-    print(f"{len(records)} scans ready in {args.out} ({kind} source)"
-          + (f"; {len(failed)} failed" if failed else ""))
+    records, failed = prepare(
+        sources, Path(args.out), args.surface, args.space, args.workers, args.seed, args.unit, kind
+    )
+    print(
+        f"{len(records)} scans ready in {args.out} ({kind} source)"
+        + (f"; {len(failed)} failed" if failed else "")
+    )
     for key, msg in failed[:20]:
         print(f"  {key}: {msg}", file=sys.stderr)
     return 0 if records else 1
 
 
-def prepare(sources: list[ScanSource], out: Path, n_surface=250_000, n_space=15_000,
-            workers=1, seed=0, unit=None, kind="scans", progress=True):
+def prepare(
+    sources: list[ScanSource],
+    out: Path,
+    n_surface=250_000,
+    n_space=15_000,
+    workers=1,
+    seed=0,
+    unit=None,
+    kind="scans",
+    progress=True,
+):
     """Prepare every scan not already in the cache; returns (records, [(key, error)])."""
     from tqdm import tqdm
 
@@ -64,8 +82,13 @@ def prepare(sources: list[ScanSource], out: Path, n_surface=250_000, n_space=15_
     records = _existing_records(out, sources)
     todo = [s for s in sources if s.key not in records]
     failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(sources), initial=len(sources) - len(todo), unit="scan",
-               desc="prepare", disable=not progress)
+    bar = tqdm(
+        total=len(sources),
+        initial=len(sources) - len(todo),
+        unit="scan",
+        desc="prepare",
+        disable=not progress,
+    )
     jobs = [(s, str(out), n_surface, n_space, seed, unit) for s in todo]
 
     def done(result):
@@ -108,9 +131,15 @@ def _copy_registered_faces(sources, out: Path):
 
 
 def _record(src: ScanSource, transform: dict) -> dict:
-    return {"key": src.key, "identity": src.identity, "expression": src.expression,
-            "neutral": src.neutral, "dir": src.key,
-            "landmarks": transform.get("landmarks", "given"), "source": str(src.path)}
+    return {
+        "key": src.key,
+        "identity": src.identity,
+        "expression": src.expression,
+        "neutral": src.neutral,
+        "dir": src.key,
+        "landmarks": transform.get("landmarks", "given"),
+        "source": str(src.path),
+    }
 
 
 def _prepare_job(job):
@@ -132,8 +161,10 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
 
     scan = load_scan(src.path, unit or src.unit)
     if scan.faces is None:
-        raise MeshError(f"{src.path}: a point cloud cannot be prepared for training "
-                        "(the hidden-surface step needs triangles)")
+        raise MeshError(
+            f"{src.path}: a point cloud cannot be prepared for training "
+            "(the hidden-surface step needs triangles)"
+        )
     lm_scan, how = _landmarks_scan_frame(src, scan)
     if src.to_model is not None:
         m = np.asarray(src.to_model, dtype=np.float64)
@@ -143,11 +174,12 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
         alignment = align.align_landmarks68(lm_scan, scan.metres)
         method = "landmarks68"
     else:
-        alignment = align.align_scan(scan.vertices, scan.faces, unit or src.unit,
-                                     path=str(src.path))
+        alignment = align.align_scan(
+            scan.vertices, scan.faces, unit or src.unit, path=str(src.path)
+        )
         method = "automatic"
     v_model = alignment.to_model(scan.vertices)
-    rng = np.random.default_rng([seed, abs(hash(src.key)) % (2**32)])
+    rng = np.random.default_rng([seed, zlib.crc32(src.key.encode())])  # same on every run
     samples = preprocess_mesh(v_model, scan.faces, n_surface, n_space, rng)
     if lm_scan is not None:
         lm68 = alignment.to_model(lm_scan)
@@ -155,17 +187,27 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
         lm68 = _project(align.template().landmarks68, samples.visible_vertices)
         how = "estimated"
     arrays = {
-        "surface_points": samples.surface_points, "surface_normals": samples.surface_normals,
-        "space_points": samples.space_points, "space_sdf": samples.space_sdf,
-        "space_grad": samples.space_grad, "landmarks68": lm68,
-        "landmarks5": lm68[list(BLEND_LANDMARK_IBUG68)], "gt_vertices": samples.visible_vertices,
-        "gt_faces": samples.visible_faces, "sheet_vertices": samples.sheet_vertices,
+        "surface_points": samples.surface_points,
+        "surface_normals": samples.surface_normals,
+        "space_points": samples.space_points,
+        "space_sdf": samples.space_sdf,
+        "space_grad": samples.space_grad,
+        "landmarks68": lm68,
+        "landmarks5": lm68[list(BLEND_LANDMARK_IBUG68)],
+        "gt_vertices": samples.visible_vertices,
+        "gt_faces": samples.visible_faces,
+        "sheet_vertices": samples.sheet_vertices,
         "sheet_faces": samples.sheet_faces,
     }
     if src.registered is not None and Path(src.registered).exists():
         arrays["registered_vertices"] = alignment.to_model(np.load(src.registered))
-    info = {**alignment.to_dict(), "method": method, "landmarks": how,
-            "scan_unit": scan.unit, "source": str(src.path)}
+    info = {
+        **alignment.to_dict(),
+        "method": method,
+        "landmarks": how,
+        "scan_unit": scan.unit,
+        "source": str(src.path),
+    }
     _write_atomic(out / src.key, arrays, info)
     return info
 
@@ -176,8 +218,10 @@ def _landmarks_scan_frame(src: ScanSource, scan):
     if src.landmark_indices is not None:
         idx = src.landmark_indices
         if idx.max() >= len(scan.vertices):
-            raise MeshError(f"{src.path}: landmark indices exceed its {len(scan.vertices)} "
-                            "vertices (not a FaceScape TU model?)")
+            raise MeshError(
+                f"{src.path}: landmark indices exceed its {len(scan.vertices)} "
+                "vertices (not a FaceScape TU model?)"
+            )
         return scan.vertices[idx], "given"
     return None, "estimated"
 

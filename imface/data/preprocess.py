@@ -30,32 +30,15 @@ class Sheet:
     _sample_faces: np.ndarray | None = field(default=None, repr=False)
     _tree: cKDTree | None = field(default=None, repr=False)
     _sparse_tree: cKDTree | None = field(default=None, repr=False)
-    _xy_tree: cKDTree | None = field(default=None, repr=False)
 
-    def height(self, xy, candidates: int = 8):
-        """The sheet's z at each (x, y) (nan where no triangle lies under it).
-
-        Each point is tested against the triangles with the nearest centroids in (x, y) (scipy's
-        find_simplex spends seconds preparing per triangulation, more than the whole test)."""
-        if self._xy_tree is None:
-            self._xy_tree = cKDTree(self.vertices[self.faces][:, :, :2].mean(1))
-        _, near = self._xy_tree.query(xy, k=min(candidates, len(self.faces)))
-        near = near.reshape(len(xy), -1)
+    def height(self, xy):
+        """The sheet's z at each (x, y) (nan outside its 2D hull)."""
+        tri = self.vertices[self.faces]
         out = np.full(len(xy), np.nan)
-        for j in range(near.shape[1]):
-            todo = np.isnan(out)
-            corners = self.vertices[self.faces[near[todo, j]]]  # (n, 3, 3)
-            a, b, c = corners[:, 0, :2], corners[:, 1, :2], corners[:, 2, :2]
-            p = xy[todo]
-            den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                u = ((b[:, 1] - c[:, 1]) * (p[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (p[:, 1] - c[:, 1])) / den
-                v = ((c[:, 1] - a[:, 1]) * (p[:, 0] - c[:, 0]) + (a[:, 0] - c[:, 0]) * (p[:, 1] - c[:, 1])) / den
-            w = 1 - u - v
-            inside = (u >= -1e-9) & (v >= -1e-9) & (w >= -1e-9)
-            z = u * corners[:, 0, 2] + v * corners[:, 1, 2] + w * corners[:, 2, 2]
-            idx = np.flatnonzero(todo)[inside]
-            out[idx] = z[inside]
+        for p_ids, t_ids in _candidate_pairs(tri, xy):
+            z = _height_in_triangle(tri[t_ids], xy[p_ids])
+            ok = np.isfinite(z)
+            out[p_ids[ok]] = z[ok]
         return out
 
     def tree(self, density: int = 200_000):
@@ -104,45 +87,45 @@ def _vertical_ray_hits(vertices, faces, eps):
     """+z rays from every vertex against every triangle, as a 2D point-in-triangle test.
 
     All rays share the direction, so a ray hits a triangle when the vertex's (x, y) falls in the
-    triangle's projection and the triangle lies above it there; a uniform 2D grid over triangle
-    bounding boxes keeps the candidate pairs few. (Equivalent to trimesh ray casting along +z,
-    without needing embree.)
+    triangle's projection and the triangle lies above it there. (Equivalent to trimesh ray
+    casting along +z, without needing embree.)
     """
-    tri = vertices[faces]  # (F, 3, 3)
-    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
-    cell = max(float(np.median(hi - lo)), 1e-6)
-    origin = vertices[:, :2].min(0)
-    clo = np.floor((lo - origin) / cell).astype(np.int64)
-    chi = np.floor((hi - origin) / cell).astype(np.int64)
-    ncol = int(chi[:, 1].max()) + 2
-    # enumerate the cells each triangle's box covers (usually 1-4)
-    span = (chi - clo + 1)
-    counts = span[:, 0] * span[:, 1]
-    tri_id = np.repeat(np.arange(len(faces)), counts)
-    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    w = span[tri_id, 1]
-    cx = clo[tri_id, 0] + k // w
-    cy = clo[tri_id, 1] + k % w
-    keys = cx * ncol + cy
-    order = np.argsort(keys, kind="stable")
-    keys, tri_id = keys[order], tri_id[order]
-    vc = np.floor((vertices[:, :2] - origin) / cell).astype(np.int64)
-    vkey = vc[:, 0] * ncol + vc[:, 1]
-    start = np.searchsorted(keys, vkey, "left")
-    stop = np.searchsorted(keys, vkey, "right")
-    n = stop - start
-    vid = np.repeat(np.arange(len(vertices)), n)
-    j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    cand = tri_id[np.repeat(start, n) + j]
+    tri = vertices[faces]
     hit = np.zeros(len(vertices), dtype=bool)
-    for s in range(0, len(vid), 2_000_000):  # bound memory on huge meshes
-        v_ids, t_ids = vid[s:s + 2_000_000], cand[s:s + 2_000_000]
+    for v_ids, t_ids in _candidate_pairs(tri, vertices[:, :2]):
         own = (faces[t_ids] == v_ids[:, None]).any(1)  # a vertex never occludes itself
         v_ids, t_ids = v_ids[~own], t_ids[~own]
         z = _height_in_triangle(tri[t_ids], vertices[v_ids, :2])
-        above = np.isfinite(z) & (z > vertices[v_ids, 2] + eps)
-        hit[v_ids[above]] = True
+        hit[v_ids[np.isfinite(z) & (z > vertices[v_ids, 2] + eps)]] = True
     return hit
+
+
+def _candidate_pairs(tri, xy, chunk=2_000_000):
+    """(point, triangle) pairs whose 2D grid cells meet, in chunks: a uniform grid over the
+    triangles' bounding boxes keeps the pairs few."""
+    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
+    cell = max(float(np.median(hi - lo)), 1e-6)
+    origin = np.minimum(xy.min(0), lo.min(0))
+    clo = np.floor((lo - origin) / cell).astype(np.int64)
+    chi = np.floor((hi - origin) / cell).astype(np.int64)
+    ncol = int(max(chi[:, 1].max(), np.floor((xy[:, 1] - origin[1]) / cell).max())) + 2
+    span = chi - clo + 1
+    counts = span[:, 0] * span[:, 1]
+    tri_id = np.repeat(np.arange(len(tri)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    w = span[tri_id, 1]
+    keys = (clo[tri_id, 0] + k // w) * ncol + clo[tri_id, 1] + k % w
+    order = np.argsort(keys, kind="stable")
+    keys, tri_id = keys[order], tri_id[order]
+    pc = np.floor((xy - origin) / cell).astype(np.int64)
+    pkey = pc[:, 0] * ncol + pc[:, 1]
+    start = np.searchsorted(keys, pkey, "left")
+    n = np.searchsorted(keys, pkey, "right") - start
+    pid = np.repeat(np.arange(len(xy)), n)
+    j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    cand = tri_id[np.repeat(start, n) + j]
+    for s in range(0, len(pid), chunk):  # bound memory on huge meshes
+        yield pid[s : s + chunk], cand[s : s + chunk]
 
 
 def _height_in_triangle(tri, xy):
@@ -217,8 +200,10 @@ def _closest_on_triangles(p, a, b, c):
     return out
 
 
-def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
+def sheet_sdf(sheet, query_points, k: int = 16):
     """Signed distance and unit gradient from points to the sheet (negative behind it, -z side).
+
+    `sheet`: a Sheet (reuse it: its sampling is cached), SDFSamples, or (vertices, faces).
 
     Candidate triangles come from the nearest of a dense point sampling of the sheet; the exact
     point-triangle distance is then taken over them. The sign says which side of the height
@@ -227,6 +212,10 @@ def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
     the sheet; far away (> 1 cm) the candidates can miss the closest triangle, which overstates
     the distance by < 1 % at worst (checked against trimesh's exact closest_point).
     """
+    if isinstance(sheet, SDFSamples):
+        sheet = Sheet(sheet.sheet_vertices.astype(np.float64), sheet.sheet_faces)
+    elif not isinstance(sheet, Sheet):  # a (vertices, faces) pair
+        sheet = Sheet(np.asarray(sheet[0], np.float64), np.asarray(sheet[1], np.int64))
     q = np.asarray(query_points, dtype=np.float64)
     tree = sheet.tree()
     # A k-d tree over a 2D sheet answers far queries slowly (the search ball covers much of the
@@ -282,8 +271,10 @@ def visible_surface(vertices_model_frame, faces):
     """Steps 1-2: crop to the unit sphere, remove hidden surfaces (model frame)."""
     v, f = crop_sphere(np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64))
     if len(f) == 0:
-        raise MeshError("no part of the scan lies inside the model's unit sphere "
-                        "(is it aligned to the model frame?)")
+        raise MeshError(
+            "no part of the scan lies inside the model's unit sphere "
+            "(is it aligned to the model frame?)"
+        )
     v, f = remove_hidden(v, f)
     if len(f) < 10:
         raise MeshError("nothing of the scan is visible from the front after cropping")
@@ -303,6 +294,14 @@ def preprocess_mesh(vertices_model_frame, faces, n_surface=250_000, n_space=15_0
     space = uniform_ball(n_space, rng)
     sdf, grad = sheet_sdf(sheet, space)
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return SDFSamples(f32(pts), f32(normals), f32(space), f32(sdf), f32(grad),
-                      f32(sheet.vertices), sheet.faces.astype(np.int32), f32(v),
-                      f.astype(np.int32))
+    return SDFSamples(
+        f32(pts),
+        f32(normals),
+        f32(space),
+        f32(sdf),
+        f32(grad),
+        f32(sheet.vertices),
+        sheet.faces.astype(np.int32),
+        f32(v),
+        f.astype(np.int32),
+    )

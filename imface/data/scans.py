@@ -73,8 +73,10 @@ def load_scan(path, unit: str | None = None, max_vertices: int = MAX_VERTICES) -
     elif suffix in MESH_SUFFIXES:
         vertices, faces = _read_mesh(path)
     else:
-        raise MeshError(f"{path}: unsupported file type {suffix!r} "
-                        f"(use {', '.join(sorted(MESH_SUFFIXES | POINT_SUFFIXES))})")
+        raise MeshError(
+            f"{path}: unsupported file type {suffix!r} "
+            f"(use {', '.join(sorted(MESH_SUFFIXES | POINT_SUFFIXES))})"
+        )
     vertices, faces = validate(vertices, faces, path)
     original = None
     if faces is not None and len(vertices) > max_vertices:
@@ -103,8 +105,9 @@ def _read_mesh(path: Path):
     try:
         loaded = trimesh.load(str(path), process=False)
     except Exception as exc:
-        raise MeshError(f"{path}: cannot read the file as {path.suffix[1:].upper()} "
-                        f"({_short(exc)})") from None
+        raise MeshError(
+            f"{path}: cannot read the file as {path.suffix[1:].upper()} ({_short(exc)})"
+        ) from None
     if isinstance(loaded, trimesh.Scene):  # GLB/GLTF/OBJ with several parts: bake transforms
         geoms = list(loaded.dump()) if loaded.geometry else []
         meshes = [g for g in geoms if isinstance(g, trimesh.Trimesh)]
@@ -167,7 +170,8 @@ def decimate(vertices, faces, max_vertices):
     np.add.at(sums, inverse, vertices)
     new_v = sums / counts[:, None]
     new_f = inverse[faces]
-    keep = (new_f[:, 0] != new_f[:, 1]) & (new_f[:, 1] != new_f[:, 2]) & (new_f[:, 0] != new_f[:, 2])
+    a, b, c = new_f.T
+    keep = (a != b) & (b != c) & (a != c)
     return new_v, new_f[keep]
 
 

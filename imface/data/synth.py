@@ -95,8 +95,11 @@ class Generator:
         self.base = base
         # Face region used to define each person's frontal frame (as the aligner's template).
         normals = trimesh.Trimesh(base, self.faces, process=False).vertex_normals
-        self.frame_mask = ((np.linalg.norm(base - [0, 0, -40.0], axis=1) < 95)
-                           & (normals[:, 2] > 0.2) & (base[:, 1] > UPPER_Y * MM_PER_UNIT))
+        self.frame_mask = (
+            (np.linalg.norm(base - [0, 0, -40.0], axis=1) < 95)
+            & (normals[:, 2] > 0.2)
+            & (base[:, 1] > UPPER_Y * MM_PER_UNIT)
+        )
         self._frames: dict[int, np.ndarray] = {}
         self._trimesh = trimesh
 
@@ -111,8 +114,9 @@ class Generator:
 
     def frame(self, identity: anny_head.Identity) -> np.ndarray:
         """The rotation making this person's neutral face frontal: the rigid fit of its upper
-        face (above the upper lip) to the average face through the shared topology. Anny's head tilt varies with
-        the phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
+        face (above the upper lip) to the average face, first through the shared topology,
+        then refined on the surface as the aligner does. Anny's head tilt varies with the
+        phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
         key = identity.detail_seed
         if key not in self._frames:
             from imface.data.align import similarity
@@ -126,8 +130,9 @@ class Generator:
         v = anny_head.anny_vertices(self.model, identity, actions) * 1000.0
         dense, faces = self._subdivide(v)
         mesh = self._trimesh.Trimesh(dense, faces, process=False)
-        disp = displacement_mm(self.canon, self.canon_lm, actions, identity.age_wrinkles,
-                               identity.detail_seed)
+        disp = displacement_mm(
+            self.canon, self.canon_lm, actions, identity.age_wrinkles, identity.detail_seed
+        )
         dense = dense + mesh.vertex_normals * disp[:, None]
         registered = dense[: len(v)]
         lms = registered[self.landmarks.indices]
@@ -190,22 +195,37 @@ def make_identity(args) -> list[str]:
             continue
         s = gen.scan(ident, actions)
         trimesh.Trimesh(s.vertices.astype(np.float32), s.faces, process=False).export(
-            folder / f"{expr}.ply")
+            folder / f"{expr}.ply"
+        )
         np.save(folder / f"{expr}.reg.npy", s.registered.astype(np.float32))
-        meta = {"identity": name, "expression": expr, "neutral": expr == "1_neutral",
-                "actions": actions, "unit": "mm", "synthetic": True,
-                "landmarks68": s.landmarks68.round(4).tolist(),
-                "nose_tip": s.nose_tip.round(4).tolist(),
-                "landmark_vertex_indices": gen.landmarks.indices.tolist(),
-                "to_model": s.to_model.tolist()}
+        meta = {
+            "identity": name,
+            "expression": expr,
+            "neutral": expr == "1_neutral",
+            "actions": actions,
+            "unit": "mm",
+            "synthetic": True,
+            "landmarks68": s.landmarks68.round(4).tolist(),
+            "nose_tip": s.nose_tip.round(4).tolist(),
+            "landmark_vertex_indices": gen.landmarks.indices.tolist(),
+            "to_model": s.to_model.tolist(),
+        }
         tmp = meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_path)
     return keys
 
 
-def write_corpus(out: Path, identities: int, seed: int = 0, extra: int = 2, workers: int = 1,
-                 subdivisions: int = 2, progress: bool = True, expressions=None) -> list[str]:
+def write_corpus(
+    out: Path,
+    identities: int,
+    seed: int = 0,
+    extra: int = 2,
+    workers: int = 1,
+    subdivisions: int = 2,
+    progress: bool = True,
+    expressions=None,
+) -> list[str]:
     from tqdm import tqdm
 
     out = Path(out)
@@ -215,8 +235,9 @@ def write_corpus(out: Path, identities: int, seed: int = 0, extra: int = 2, work
     if expressions is not None:
         unknown = sorted(set(expressions) - set(gen.expressions))
         if unknown:
-            raise UserError(f"unknown expressions {', '.join(unknown)} (see "
-                            f"{anny_head.EXPRESSIONS_FILE})")
+            raise UserError(
+                f"unknown expressions {', '.join(unknown)} (see {anny_head.EXPRESSIONS_FILE})"
+            )
     only = None if expressions is None else tuple(expressions)
     jobs = [(i, str(out), seed, extra, subdivisions, only) for i in range(identities)]
     keys: list[str] = []
@@ -231,12 +252,22 @@ def write_corpus(out: Path, identities: int, seed: int = 0, extra: int = 2, work
                 keys += k
                 bar.update()
     bar.close()
-    (out / "corpus.json").write_text(json.dumps({
-        "kind": "imface-synthetic-anny", "seed": seed, "identities": identities,
-        "extra_expressions": extra, "subdivisions": subdivisions,
-        "expressions": list(gen.expressions), "scans": len(keys),
-        "synthetic": "everything: Anny head shapes and blendshapes; procedural wrinkles, folds "
-                     "and skin relief (imface/data/detail.py)"}, indent=1))
+    (out / "corpus.json").write_text(
+        json.dumps(
+            {
+                "kind": "imface-synthetic-anny",
+                "seed": seed,
+                "identities": identities,
+                "extra_expressions": extra,
+                "subdivisions": subdivisions,
+                "expressions": list(gen.expressions),
+                "scans": len(keys),
+                "synthetic": "everything: Anny head shapes and blendshapes; procedural "
+                "wrinkles, folds and skin relief (imface/data/detail.py)",
+            },
+            indent=1,
+        )
+    )
     return keys
 
 
@@ -245,19 +276,36 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (FaceScape TU layout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes")
-    parser.add_argument("--extra", type=int, default=2,
-                        help="random extra expressions per person (besides the 20 FaceScape)")
-    parser.add_argument("--expressions", help="comma-separated subset of the 20 FaceScape "
-                        "expressions (default: all)")
-    parser.add_argument("--subdivisions", type=int, default=2,
-                        help="Loop subdivisions of the Anny mesh before adding detail")
+    parser.add_argument(
+        "--extra",
+        type=int,
+        default=2,
+        help="random extra expressions per person (besides the 20 FaceScape)",
+    )
+    parser.add_argument(
+        "--expressions",
+        help="comma-separated subset of the 20 FaceScape expressions (default: all)",
+    )
+    parser.add_argument(
+        "--subdivisions",
+        type=int,
+        default=2,
+        help="Loop subdivisions of the Anny mesh before adding detail",
+    )
 
 
 def run(args) -> int:
     if args.identities < 1:
         raise UserError("--identities must be at least 1")
     only = args.expressions.split(",") if args.expressions else None
-    keys = write_corpus(Path(args.out), args.identities, args.seed, args.extra,
-                        max(1, args.workers), args.subdivisions, expressions=only)
+    keys = write_corpus(
+        Path(args.out),
+        args.identities,
+        args.seed,
+        args.extra,
+        max(1, args.workers),
+        args.subdivisions,
+        expressions=only,
+    )
     print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
     return 0
