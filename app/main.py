@@ -36,6 +36,23 @@ def initial_model(args):
         return backend.untrained_model(), f"{exc}. Using an untrained model instead."
 
 
+def install_excepthook():
+    """An unexpected error in a slot is logged and shown; it never aborts the session (PyQt6
+    would abort on an unhandled exception)."""
+    import traceback
+
+    def hook(exc_type, exc, tb):
+        traceback.print_exception(exc_type, exc, tb)
+        from PyQt6.QtWidgets import QApplication
+
+        for w in QApplication.topLevelWidgets():
+            if hasattr(w, "show_error") and w.isVisible():
+                w.show_error("Unexpected error", f"{exc_type.__name__}: {exc} (the session keeps its state)")
+                break
+
+    sys.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     from PyQt6.QtCore import QTimer
@@ -46,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setOrganizationName("imface")
     from app.window import MainWindow
 
+    install_excepthook()
     fm, warning = initial_model(args)
     window = MainWindow(fm, use_3d=not args.no_3d)
     window.show()

@@ -103,7 +103,10 @@ class Viewport(QObject):
                 cmap="turbo",
                 clim=clim,
                 show_scalar_bar=True,
-                scalar_bar_args=dict(title=scalar_title, vertical=True, fmt="%.1f"),
+                scalar_bar_args=dict(
+                    title=scalar_title, vertical=True, fmt="%.1f", position_x=0.84, position_y=0.1,
+                    width=0.1, height=0.75, title_font_size=12, label_font_size=11,
+                ),
             )
         else:
             kwargs.update(color=color)

@@ -61,6 +61,7 @@ class MainWindow(QMainWindow):
         self.fit_job: Job | None = None
         self._render_pending = False
         self._fit_meshes = 0
+        self._closed = False
 
         self.doc = Document(face_model, self)
         self.jobs = JobManager(self)
@@ -102,7 +103,10 @@ class MainWindow(QMainWindow):
         for name in ("Correspondence", "Training", "Export"):
             self.tabifyDockWidget(self.docks["Fit"], self.docks[name])
         self.docks["Fit"].raise_()
-        self.resizeDocks([self.docks["Morph"], self.docks["Fit"]], [360, 340], Qt.Orientation.Horizontal)
+        QTimer.singleShot(0, self._size_docks)
+
+    def _size_docks(self):
+        self.resizeDocks([self.docks["Morph"], self.docks["Fit"]], [330, 330], Qt.Orientation.Horizontal)
 
     def _build_status(self):
         sb = self.statusBar()
@@ -243,6 +247,8 @@ class MainWindow(QMainWindow):
         return self.jobs.start(job)
 
     def _update_title(self):
+        if self._closed:
+            return
         fm = self.doc.face_model
         dirty = "" if self.doc.undo_stack.isClean() else " *"
         self.setWindowTitle(f"ImFace editor - {fm.label}{dirty}")
@@ -470,7 +476,7 @@ class MainWindow(QMainWindow):
             if scan is not None:
                 hi = max(float(np.percentile(fit.distances_mm, 98)), 0.5) if len(fit.distances_mm) else 1.0
                 self.viewport.set_mesh("scan", scan.mesh, scalars=fit.distances_mm,
-                                       scalar_title="distance to fit (mm)", clim=(0.0, hi))
+                                       scalar_title="distance (mm)", clim=(0.0, hi))
         for name in ("scan", "fit"):
             self.viewport.set_visible(name, self.view_mode == "scan")
         self.schedule_render()
@@ -762,6 +768,13 @@ class MainWindow(QMainWindow):
         event.accept()
 
     def shutdown(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.doc.undo_stack.cleanChanged.disconnect()
+        except TypeError:
+            pass
         self.jobs.cancel_all(wait=5.0)
         self.train_panel.proc.stop()
         self.pipeline.stop()
