@@ -65,3 +65,18 @@ def torch_fit_workload(job, seconds: float = 2.0, tiny: bool = True):
         it += 1
         job.report((it, float(loss.detach()), None))
     return it
+
+
+def warm_up():
+    """Pay torch's one-time costs (lazy imports of the optimisers and autograd, first kernels) on the
+    GUI thread at start-up, before the window shows, so the first fit does not stall the event loop
+    while they run under the GIL in a worker."""
+    import torch
+    import torch.optim  # noqa: F401
+
+    x = torch.zeros(4, 3, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=1e-3)
+    loss = (torch.sin(x @ torch.ones(3, 2)) ** 2).mean()
+    loss.backward()
+    opt.step()
+    import imface.model.imface  # noqa: F401

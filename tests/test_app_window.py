@@ -261,9 +261,10 @@ def test_untrained_model_opens_with_label(qtbot, tmp_path):
 def test_latency_probe_during_fit(window, qtbot, tmp_path):
     """The event loop keeps ticking (no stall > 100 ms) while a torch fit-like job runs."""
     torch = pytest.importorskip("torch")
-    from app.latency import LatencyProbe, torch_fit_workload
+    from app.latency import LatencyProbe, torch_fit_workload, warm_up
 
     w = window()
+    warm_up()  # app.main does this before the window shows
     probe = LatencyProbe()
     probe.start()
     job = w.run_job("Fitting (probe)", lambda job: torch_fit_workload(job, seconds=1.5), lambda r: None)
@@ -271,5 +272,5 @@ def test_latency_probe_during_fit(window, qtbot, tmp_path):
     probe.stop()
     print(f"latency probe: max event-loop gap {probe.max_gap_ms:.1f} ms over {probe.ticks} ticks")
     assert probe.ticks > 20
-    assert probe.max_gap_ms < 250  # target 100 ms; slack for a loaded 2-core CI machine
+    assert probe.max_gap_ms < 150  # target 100 ms; slack for a loaded shared 2-core machine
     del torch
