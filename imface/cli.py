@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("imface.fit", "fit the model to a scan (any pose and unit)"),
     "correspond": ("imface.correspond", "dense correspondence between two faces"),
     "generate": ("imface.generate", "sample random faces from the code statistics"),
-    "rig": ("imface.generate_rig", "export a 20-expression rig for a fitted identity"),
+    "rig": ("imface.generate", "export a 20-expression rig for a fitted identity"),
     "extract": ("imface.extract", "extract a face mesh for given codes"),
     "export-topology": ("imface.extract", "write a shared template topology mesh"),
 }
@@ -33,11 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def available_commands() -> dict[str, tuple[str, str]]:
     """Commands whose implementing module is present in this installation."""
-    return {
-        name: entry
-        for name, entry in COMMANDS.items()
-        if importlib.util.find_spec(entry[0]) is not None
-    }
+    return {name: entry for name, entry in COMMANDS.items() if importlib.util.find_spec(entry[0]) is not None}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

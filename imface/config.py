@@ -25,11 +25,11 @@ class ModelConfig:
     exp_dim: int = 64  # z_exp
     n_landmarks: int = 5  # local nets per Neural Blend-Field
     deformation: Deformation = "translation"  # warp type of ExpNet and IDNet
-    siren_width: int = 64  # hidden width of every local net psi_n
+    siren_width: int = 32  # hidden width of every local net psi_n (paper text: 32; code: 128)
     siren_hidden_layers: int = 3
     siren_omega0: float = 30.0  # sin(omega0 * x) in the first layer (SIREN)
     positional_encoding: int = 0  # NeRF frequencies of x - l_n; 0 = off
-    hyper_hidden: tuple[int, ...] = (64, 32)  # hyper-net hidden layers (ReLU)
+    hyper_hidden: tuple[int, ...] = (64, 64)  # hyper-net hidden layers (ReLU)
     hyper_out_scale: float = 1e-2  # initial scale of the hyper nets' output layers
     split_codes: bool = True  # ImFace++: each local net reads its own 1/n slice of the code
     fusion_width: int = 64  # Fusion Network (LayerNorm + LeakyReLU) -> softmax over landmarks

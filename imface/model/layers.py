@@ -48,16 +48,23 @@ def siren_layer_shapes(in_dim: int, width: int, hidden_layers: int, out_dim: int
 
 
 def run_siren(h: Tensor, layers: list[tuple[Tensor, Tensor]], omega0: float) -> Tensor:
-    """Evaluate grouped SIREN layers.
+    """Evaluate grouped SIREN layers: sin(omega0 * (W h + b)) then a linear last layer.
 
-    h: (..., G, P, in). Each weight is (..., G, out, in) and each bias (..., G, out), with leading
-    dims broadcast against h's (so one set of static weights serves every scan).
+    h: (S, G, P, in). Each weight is (S|1, G, out, in) and each bias (S|1, G, out); static weights
+    (leading 1) serve every scan. omega0 is folded into the (small) weights rather than applied to
+    the (large) activations, and the bias add is fused into the matmul: both matter on CPU.
     """
+    s, g, p, _ = h.shape
     last = len(layers) - 1
+    in_place = not torch.is_grad_enabled()
     for k, (weight, bias) in enumerate(layers):
-        h = torch.matmul(h, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
+        scale = omega0 if k < last else 1.0
+        w = (weight * scale).expand(s, g, -1, -1).reshape(s * g, *weight.shape[-2:])
+        b = (bias * scale).expand(s, g, -1).reshape(s * g, 1, -1)
+        h = torch.baddbmm(b, h.reshape(s * g, p, -1), w.transpose(-1, -2))
         if k < last:
-            h = torch.sin(omega0 * h)
+            h = h.sin_() if in_place else torch.sin(h)
+        h = h.view(s, g, p, -1)
     return h
 
 

@@ -1,0 +1,261 @@
+"""``python -m imface eval --checkpoint CKPT --corpus CACHE --split test --json OUT``.
+
+The metrics of EVALUATION.md on held-out identities, ImFace against a linear PCA 3DMM of the same
+total latent size built from the same training scans: Chamfer (mm), F@1mm, F@2.5mm, normal
+consistency, per expression and overall; correspondence error through template space; expression
+transfer error. Prints a markdown table; writes JSON (and OUT.md next to it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imface.baseline import PCAModel
+from imface.config import FitConfig
+from imface.errors import UserError
+from imface.fit import fit_codes
+from imface.metrics import compare_meshes, correspondence_error_mm
+from imface.model import Codes
+
+METRICS = ("chamfer_mm", "fscore_1mm", "fscore_2.5mm", "normal_consistency")
+
+
+def _tensors(arrays, keys=("surface_points", "surface_normals", "space_points", "space_sdf")):
+    return {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)) for k in keys}
+
+
+class Evaluator:
+    def __init__(
+        self, checkpoint, corpus, test_keys, train_keys, fit_config: FitConfig, resolution: int, points: int
+    ):
+        self.ckpt, self.corpus = checkpoint, corpus
+        self.test_keys, self.train_keys = test_keys, train_keys
+        self.fit_config, self.resolution, self.points = fit_config, resolution, points
+        self.records = {r["key"]: r for r in corpus.scans}
+        latent = checkpoint.config.id_dim + checkpoint.config.exp_dim
+        meshes = np.stack([np.asarray(corpus.load(k)["registered_vertices"]) for k in train_keys])
+        self.pca = PCAModel.build(meshes, corpus.registered_faces(), latent)
+        self.fits: dict[str, dict] = {}
+
+    # -- per scan --------------------------------------------------------------------------
+    def fit_scan(self, key: str) -> dict:
+        from imface.extract import extract_narrow_band, face_sdf
+
+        arrays = self.corpus.load(key)
+        stats = self.ckpt.stats
+        fit = fit_codes(
+            self.ckpt.model,
+            _tensors(arrays),
+            self.fit_config,
+            init_id=stats["id"].mean,
+            init_exp=stats["exp"].mean,
+        )
+        mesh = extract_narrow_band(face_sdf(self.ckpt.model, fit.codes), resolution=self.resolution).mesh
+        coefficients = self.pca.fit(np.asarray(arrays["surface_points"]), seed=0)
+        pca_vertices = self.pca.vertices(torch.from_numpy(coefficients)).detach().numpy()
+        result = {
+            "codes": fit.codes,
+            "mesh": mesh,
+            "pca_coefficients": coefficients,
+            "pca_vertices": pca_vertices,
+            "fit_seconds": fit.seconds,
+        }
+        gt_v, gt_f = np.asarray(arrays["gt_vertices"]), np.asarray(arrays["gt_faces"])
+        result["imface"] = compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)
+        result["pca"] = compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)
+        self.fits[key] = result
+        return result
+
+    # -- pairs -----------------------------------------------------------------------------
+    def correspondence(self, key_a: str, key_b: str) -> dict[str, float]:
+        """Map A's true vertices to B through template space (ImFace) or through the PCA's vertex
+        indices; error against B's true vertex of the same index (face region only)."""
+        true_a = np.asarray(self.corpus.load(key_a)["registered_vertices"], dtype=np.float32)
+        true_b = np.asarray(self.corpus.load(key_b)["registered_vertices"], dtype=np.float32)
+        region = (np.linalg.norm(true_a, axis=1) < 1.0) & (np.linalg.norm(true_b, axis=1) < 1.0)
+        fa, fb = self.fits[key_a], self.fits[key_b]
+        template_a = self._template(fa["codes"], true_a[region])
+        template_b = self._template(fb["codes"], fb["mesh"].vertices)
+        from scipy.spatial import cKDTree
+
+        _, nearest = cKDTree(template_b).query(template_a)
+        imface_error = correspondence_error_mm(fb["mesh"].vertices[nearest], true_b[region])
+        _, nearest_pca = cKDTree(fa["pca_vertices"]).query(true_a[region])
+        pca_error = correspondence_error_mm(fb["pca_vertices"][nearest_pca], true_b[region])
+        return {"imface": imface_error, "pca": pca_error}
+
+    def _template(self, codes: Codes, points: np.ndarray) -> np.ndarray:
+        model = self.ckpt.model
+        prep = model.prepare(codes)
+        with torch.no_grad():
+            out = model.query(torch.from_numpy(np.asarray(points, dtype=np.float32)), prep)
+        return out.template.numpy()
+
+    def transfer(self, key_expr: str, key_neutral_src: str, key_neutral_dst: str, key_truth: str) -> dict:
+        """Expression of identity A onto identity B, against B's true scan with that expression."""
+        from imface.extract import extract_narrow_band, face_sdf
+
+        src, dst = self.fits[key_expr], self.fits[key_neutral_dst]
+        codes = Codes(dst["codes"].z_id[0], src["codes"].z_exp[0])
+        mesh = extract_narrow_band(face_sdf(self.ckpt.model, codes), resolution=self.resolution).mesh
+        truth = self.corpus.load(key_truth)
+        gt_v, gt_f = np.asarray(truth["gt_vertices"]), np.asarray(truth["gt_faces"])
+        delta = src["pca_vertices"] - self.fits[key_neutral_src]["pca_vertices"]
+        pca_vertices = dst["pca_vertices"] + delta  # linear model: add the expression offset
+        return {
+            "imface": compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)["chamfer_mm"],
+            "pca": compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)["chamfer_mm"],
+        }
+
+
+def _mean_table(rows: list[dict]) -> dict[str, float]:
+    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+
+
+def evaluate(
+    checkpoint, corpus, test_keys, train_keys, fit_config, resolution=128, points=150_000, log=print
+):
+    ev = Evaluator(checkpoint, corpus, test_keys, train_keys, fit_config, resolution, points)
+    per_expression: dict[str, dict[str, list]] = defaultdict(lambda: {"imface": [], "pca": []})
+    started = time.perf_counter()
+    for i, key in enumerate(test_keys):
+        result = ev.fit_scan(key)
+        expression = ev.records[key]["expression"]
+        per_expression[expression]["imface"].append(result["imface"])
+        per_expression[expression]["pca"].append(result["pca"])
+        log(
+            f"[{i + 1}/{len(test_keys)}] {key}: ImFace {result['imface']['chamfer_mm']:.3f} mm, "
+            f"PCA {result['pca']['chamfer_mm']:.3f} mm"
+        )
+    summary = {
+        "scans": len(test_keys),
+        "seconds": round(time.perf_counter() - started, 1),
+        "overall": {
+            model: _mean_table([r for e in per_expression.values() for r in e[model]])
+            for model in ("imface", "pca")
+        },
+        "per_expression": {
+            e: {model: _mean_table(v[model]) for model in ("imface", "pca")}
+            for e, v in sorted(per_expression.items())
+        },
+    }
+    summary["correspondence_mm"] = _pairs_mean(ev, test_keys, ev.correspondence)
+    summary["transfer_chamfer_mm"] = _transfer_mean(ev, test_keys)
+    return summary
+
+
+def _pairs_mean(ev: Evaluator, keys, fn) -> dict[str, float]:
+    """Pairs across identities and expressions: each scan with the scan of the next identity."""
+    by_identity = defaultdict(list)
+    for key in keys:
+        by_identity[ev.records[key]["identity"]].append(key)
+    identities = sorted(by_identity)
+    if len(identities) < 2:
+        return {}
+    results = []
+    for n, ident in enumerate(identities):
+        other = by_identity[identities[(n + 1) % len(identities)]]
+        for j, key in enumerate(by_identity[ident]):
+            results.append(fn(key, other[j % len(other)]))
+    return {m: float(np.mean([r[m] for r in results])) for m in ("imface", "pca")}
+
+
+def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
+    table = {(ev.records[k]["identity"], ev.records[k]["expression"]): k for k in keys}
+    neutral = {ident: k for (ident, _), k in table.items() if ev.records[k]["neutral"]}
+    identities = sorted(neutral)
+    results = []
+    for n, src in enumerate(identities):
+        dst = identities[(n + 1) % len(identities)]
+        if dst == src:
+            continue
+        for (ident, expression), key in table.items():
+            truth = table.get((dst, expression))
+            if ident == src and truth and not ev.records[key]["neutral"]:
+                results.append(ev.transfer(key, neutral[src], neutral[dst], truth))
+    if not results:
+        return {}
+    return {m: float(np.mean([r[m] for r in results])) for m in ("imface", "pca")}
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "| expression | ImFace Chamfer (mm) | PCA Chamfer (mm) | ImFace F@1mm | PCA F@1mm "
+        "| ImFace F@2.5mm | PCA F@2.5mm |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name, entry):
+        i, p = entry["imface"], entry["pca"]
+        return (
+            f"| {name} | {i['chamfer_mm']:.3f} | {p['chamfer_mm']:.3f} | {i['fscore_1mm']:.1f} | "
+            f"{p['fscore_1mm']:.1f} | {i['fscore_2.5mm']:.1f} | {p['fscore_2.5mm']:.1f} |"
+        )
+
+    for expression, entry in summary["per_expression"].items():
+        lines.append(row(expression, entry))
+    lines.append(row("**overall**", summary["overall"]))
+    extra = []
+    if summary.get("correspondence_mm"):
+        c = summary["correspondence_mm"]
+        extra.append(f"Correspondence error: ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm.")
+    if summary.get("transfer_chamfer_mm"):
+        t = summary["transfer_chamfer_mm"]
+        extra.append(f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm, PCA {t['pca']:.3f} mm.")
+    return "\n".join(lines + [""] + extra) + "\n"
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    from imface.io import DEFAULT_CHECKPOINT
+
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--split", choices=["test", "train"], default="test")
+    parser.add_argument("--json", required=True, help="output JSON (a .md table is written beside it)")
+    parser.add_argument("--test-identities", type=float, help="default: the checkpoint's training split")
+    parser.add_argument("--limit", type=int, help="evaluate at most this many scans")
+    parser.add_argument("--iterations", type=int, default=150, help="fitting iterations per scan")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--points", type=int, default=150_000, help="points sampled per surface")
+
+
+def run(args) -> int:
+    from imface.data.corpus import Corpus
+    from imface.io import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    corpus = Corpus.open(args.corpus)
+    held_out = (
+        args.test_identities if args.test_identities is not None else ckpt.meta.get("test_identities", 0.2)
+    )
+    train_keys, test_keys = corpus.split(held_out, int(ckpt.meta.get("seed", 0)))
+    keys = test_keys if args.split == "test" else train_keys
+    if args.limit:
+        keys = _spread(keys, args.limit)
+    if not keys:
+        raise UserError(f"{args.corpus}: no scans in the {args.split} split")
+    cfg = FitConfig(iterations=args.iterations, points_per_step=4096)
+    summary = evaluate(ckpt, corpus, keys, train_keys, cfg, args.resolution, args.points)
+    summary.update(checkpoint=str(args.checkpoint), sha256=ckpt.sha256, split=args.split)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    table = markdown(summary)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+def _spread(keys: list[str], limit: int) -> list[str]:
+    """An even subset that keeps every identity and many expressions."""
+    if len(keys) <= limit:
+        return keys
+    step = len(keys) / limit
+    return [keys[int(i * step)] for i in range(limit)]

@@ -1,0 +1,278 @@
+"""Fitting the model to a scan (Eq. 17): freeze the network, optimise z_id and z_exp.
+
+``python -m imface fit SCAN --out FITTED.ply [--report R.json] [--codes C.json]`` loads any scan,
+aligns it automatically, preprocesses it like the training data, fits the codes and writes the
+fitted mesh in the scan's own frame and units.
+
+What makes it fast compared with the official 1500 Adam steps at lr 1e-4: start from the mean
+training code, a larger learning rate with cosine decay, few points early and more later
+(coarse-to-fine), and several restarts optimised together as one batch (the best one wins).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imface.config import FitConfig, LossWeights
+from imface.errors import UserError
+from imface.model import Codes, ImFace, spatial_gradient
+
+ProgressFn = Callable[[dict], None]
+
+
+class FitCancelled(Exception):
+    """Raised inside fitting when the caller's cancel flag is set."""
+
+
+@dataclass
+class CodeFit:
+    codes: Codes  # the best restart, one face
+    loss: float
+    iterations: int
+    seconds: float
+    history: list[float] = field(default_factory=list)
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _initial_codes(model: ImFace, restarts: int, init_id, init_exp, spread, generator) -> list[torch.Tensor]:
+    cfg = model.config
+    z_id = torch.zeros(cfg.id_dim) if init_id is None else init_id.detach().float().clone()
+    z_exp = torch.zeros(cfg.exp_dim) if init_exp is None else init_exp.detach().float().clone()
+    z_id, z_exp = z_id.repeat(restarts, 1), z_exp.repeat(restarts, 1)
+    if restarts > 1:  # restart 0 starts exactly at the initial code
+        z_id[1:] += torch.randn(restarts - 1, cfg.id_dim, generator=generator) * spread[0]
+        z_exp[1:] += torch.randn(restarts - 1, cfg.exp_dim, generator=generator) * spread[1]
+    out = [z_id, z_exp]
+    if cfg.detail:
+        out.append(torch.zeros(restarts, cfg.detail_dim))
+    return out
+
+
+def fit_codes(
+    model: ImFace,
+    samples: dict[str, torch.Tensor],
+    config: FitConfig | None = None,
+    *,
+    init_id: torch.Tensor | None = None,
+    init_exp: torch.Tensor | None = None,
+    spread: tuple[float, float] = (0.0, 0.0),
+    weights: LossWeights | None = None,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> CodeFit:
+    """Optimise codes so that the model's SDF matches SDF samples of one scan (model frame).
+
+    samples: surface_points (Ns, 3), surface_normals (Ns, 3), space_points (Nu, 3), space_sdf (Nu,).
+    `spread` is the std of the random offsets given to restarts 1..R-1 (e.g. the training codes' std).
+    """
+    cfg = config or FitConfig()
+    w = weights or LossWeights()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(cfg.seed)
+    restarts = max(cfg.restarts, 1)
+    params = [
+        p.to(device).requires_grad_(True)
+        for p in _initial_codes(model, restarts, init_id, init_exp, spread, generator)
+    ]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    samples = {k: v.to(device) for k, v in samples.items()}
+    start, history = time.perf_counter(), []
+    per_restart = torch.zeros(restarts)
+    try:
+        for it in range(cfg.iterations):
+            if _is_cancelled(cancel):
+                raise FitCancelled()
+            for group in optimizer.param_groups:  # cosine decay to 5 % of the initial rate
+                group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations)))
+            points = _points_for_iteration(cfg, it)
+            batch = _draw(samples, points, generator, device)
+            per_restart = _restart_losses(model, params, batch, w, cfg, restarts)
+            optimizer.zero_grad(set_to_none=True)
+            per_restart.sum().backward()
+            optimizer.step()
+            best = float(per_restart.min())
+            history.append(best)
+            if progress is not None:
+                progress({"iteration": it + 1, "iterations": cfg.iterations, "loss": best})
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    winner = int(torch.argmin(per_restart.detach()))
+    codes = Codes(
+        params[0][winner].detach(),
+        params[1][winner].detach(),
+        torch.tensor([False], device=device),
+        params[2][winner].detach() if len(params) > 2 else None,
+    )
+    return CodeFit(
+        codes, history[-1] if history else float("nan"), cfg.iterations, time.perf_counter() - start, history
+    )
+
+
+def _points_for_iteration(cfg: FitConfig, it: int) -> int:
+    """Coarse-to-fine: a quarter of the points for the first third, all of them at the end."""
+    fraction = min(1.0, 0.25 + 0.75 * it / max(cfg.iterations * 2 / 3, 1))
+    return max(256, int(cfg.points_per_step * fraction))
+
+
+def _draw(samples, count: int, generator, device) -> dict[str, torch.Tensor]:
+    half = count // 2
+    pick_s = torch.randint(samples["surface_points"].shape[0], (half,), generator=generator).to(device)
+    pick_u = torch.randint(samples["space_points"].shape[0], (count - half,), generator=generator).to(device)
+    return {
+        "surface_points": samples["surface_points"][pick_s],
+        "surface_normals": samples["surface_normals"][pick_s],
+        "space_points": samples["space_points"][pick_u],
+        "space_sdf": samples["space_sdf"][pick_u],
+    }
+
+
+def _restart_losses(
+    model: ImFace, params, batch, w: LossWeights, cfg: FitConfig, restarts: int
+) -> torch.Tensor:
+    """Eq. 17 per restart: SDF L1, normal, eikonal and embedding terms; (R,)."""
+    surface, space = batch["surface_points"], batch["space_points"]
+    n_s = surface.shape[0]
+    points = torch.cat([surface, space]).repeat(restarts, 1).detach().requires_grad_(True)
+    per = n_s + space.shape[0]
+    index = torch.arange(restarts, device=points.device).repeat_interleave(per)
+    codes = Codes(params[0], params[1], None, params[2] if len(params) > 2 else None)
+    out = model(points, index, codes, detail=len(params) > 2)
+    sdf = out.sdf.view(restarts, per)
+    grad = spatial_gradient(out.sdf, points, create_graph=True).view(restarts, per, 3)
+    sdf_term = 0.5 * (sdf[:, :n_s].abs().mean(1) + (sdf[:, n_s:] - batch["space_sdf"]).abs().mean(1))
+    cos = torch.nn.functional.cosine_similarity(grad[:, :n_s], batch["surface_normals"][None], dim=-1)
+    normal_term = (1 - cos).mean(1)
+    eikonal_term = (grad.norm(dim=-1) - 1).abs().mean(1)
+    embedding = params[0].pow(2).mean(1) + params[1].pow(2).mean(1)
+    return (
+        w.sdf * sdf_term
+        + w.normal * normal_term
+        + w.eikonal * eikonal_term
+        + cfg.embedding_weight * embedding
+    )
+
+
+# -- whole scans ---------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    codes: Codes
+    vertices: np.ndarray  # fitted mesh in the scan's own frame and units
+    faces: np.ndarray
+    alignment: object  # imface.data.align.Alignment
+    report: dict
+
+
+def fit_scan(
+    checkpoint,
+    scan,
+    config: FitConfig | None = None,
+    *,
+    resolution: int = 128,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> FitResult:
+    """Load (if a path), align, preprocess and fit one scan; the mesh comes back in the scan frame."""
+    from imface.data.align import align_scan
+    from imface.data.preprocess import preprocess_mesh
+    from imface.data.scans import load_scan
+    from imface.extract import extract_narrow_band, face_sdf
+    from imface.metrics import compare_samples, sample_surface
+
+    cfg = config or FitConfig()
+    started = time.perf_counter()
+    if not hasattr(scan, "vertices"):
+        scan = load_scan(scan)
+    alignment = align_scan(scan.vertices, scan.faces)
+    model_vertices = alignment.to_model(scan.vertices)
+    samples = _scan_samples(model_vertices, scan.faces, preprocess_mesh)
+    stats = checkpoint.stats
+    fit = fit_codes(
+        checkpoint.model,
+        samples,
+        cfg,
+        init_id=stats["id"].mean if cfg.init == "mean" else None,
+        init_exp=stats["exp"].mean if cfg.init == "mean" else None,
+        spread=(float(stats["id"].std.mean()), float(stats["exp"].std.mean())),
+        progress=progress,
+        cancel=cancel,
+    )
+    mesh = extract_narrow_band(face_sdf(checkpoint.model, fit.codes), resolution=resolution).mesh
+    scan_vertices = alignment.to_scan(mesh.vertices)
+    # accuracy against the scan, in the model frame (mm)
+    fitted = sample_surface(mesh.vertices, mesh.faces, 50_000)
+    target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
+    from imface.metrics import SurfaceSample
+
+    scores = compare_samples(fitted, SurfaceSample(*target))
+    report = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "fit_seconds": round(fit.seconds, 2),
+        "iterations": fit.iterations,
+        "loss": fit.loss,
+        "alignment_transform": np.asarray(alignment.transform).tolist(),
+        "alignment_residual_mm": float(getattr(alignment, "residual_mm", float("nan"))),
+        **scores,
+    }
+    return FitResult(fit.codes, scan_vertices, mesh.faces, alignment, report)
+
+
+def _scan_samples(vertices, faces, preprocess) -> dict[str, torch.Tensor]:
+    if faces is None:
+        raise UserError("fitting a bare point cloud needs a mesh; reconstruct a surface first")
+    s = preprocess(vertices, faces, n_surface=60_000, n_space=15_000)
+    return {
+        "surface_points": torch.from_numpy(np.asarray(s.surface_points, dtype=np.float32)),
+        "surface_normals": torch.from_numpy(np.asarray(s.surface_normals, dtype=np.float32)),
+        "space_points": torch.from_numpy(np.asarray(s.space_points, dtype=np.float32)),
+        "space_sdf": torch.from_numpy(np.asarray(s.space_sdf, dtype=np.float32)),
+    }
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    from imface.io import DEFAULT_CHECKPOINT
+
+    parser.add_argument("scan", help="a mesh file (OBJ, PLY, STL, OFF, GLB)")
+    parser.add_argument("--out", required=True, help="fitted mesh (.ply/.obj/.stl/.glb), scan frame")
+    parser.add_argument("--report", help="JSON report: seconds, iterations, Chamfer, F-score, transform")
+    parser.add_argument("--codes", help="write the fitted codes as JSON")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--iterations", type=int, default=FitConfig.iterations)
+    parser.add_argument("--restarts", type=int, default=FitConfig.restarts)
+    parser.add_argument("--resolution", type=int, default=128)
+
+
+def run(args) -> int:
+    from imface.io import load_checkpoint, save_mesh
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    cfg = FitConfig(iterations=args.iterations, restarts=args.restarts)
+    result = fit_scan(checkpoint, args.scan, cfg, resolution=args.resolution)
+    save_mesh(args.out, result.vertices, result.faces)
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.report, indent=2))
+    if args.codes:
+        codes = {"z_id": result.codes.z_id[0].tolist(), "z_exp": result.codes.z_exp[0].tolist()}
+        codes["checkpoint_sha256"] = checkpoint.sha256
+        Path(args.codes).write_text(json.dumps(codes))
+    print(json.dumps({k: result.report[k] for k in ("seconds", "iterations", "chamfer_mm", "fscore_1mm")}))
+    return 0

@@ -1,0 +1,231 @@
+"""Random faces and expression rigs.
+
+``python -m imface generate --n N --out DIR [--scale 0.85] [--seed S]`` samples identity and
+expression codes from a Gaussian fitted to the training codes and writes meshes (mm) with their
+codes. ``python -m imface rig --codes C.json --out DIR`` exports the FaceScape expressions of one
+identity on one shared topology: a mesh per expression and one GLB with morph targets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imface.errors import UserError
+from imface.metrics import MM_PER_UNIT
+from imface.model import Codes, ImFace
+
+
+# -- sampling -------------------------------------------------------------------------------------
+def sample_faces(checkpoint, n: int, scale: float = 0.85, seed: int = 0) -> list[Codes]:
+    """n random faces: identity and expression codes from mean + scale * std * N(0, 1) along the
+    principal directions of the training codes (NPHM uses scale 0.85)."""
+    gen = torch.Generator().manual_seed(seed)
+    stats = checkpoint.stats
+    z_id = stats["id"].sample(n, scale, gen)
+    z_exp = stats["exp"].sample(n, scale, gen)
+    return [Codes(z_id[i], z_exp[i]) for i in range(n)]
+
+
+def expression_codes(checkpoint) -> dict[str, torch.Tensor]:
+    """One expression code per FaceScape label: the mean of the training codes with that label,
+    ordered by the label's number (2_smile, 3_mouth_stretch, ...)."""
+    labels = checkpoint.codes.expression_labels
+    if not labels:
+        raise UserError("this checkpoint stores no expression labels; cannot build a rig")
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    z = checkpoint.codes.z_exp
+    ordered = sorted(groups, key=_label_order)
+    return {label: z[groups[label]].mean(0) for label in ordered}
+
+
+def _label_order(label: str):
+    match = re.match(r"(\d+)_", label)
+    return (int(match.group(1)) if match else 10_000, label)
+
+
+# -- the rig ----------------------------------------------------------------------------------
+def build_rig(model: ImFace, z_id: torch.Tensor, expressions: dict[str, torch.Tensor], resolution: int = 128):
+    """Neutral mesh plus every expression on the neutral mesh's topology (fixed-topology morph).
+
+    Returns (neutral vertices, faces, {label: vertices}, {label: vertices that failed to converge}).
+    """
+    from imface.extract import MorphEngine, extract_narrow_band, face_sdf
+
+    neutral = Codes(z_id, torch.zeros(model.config.exp_dim), torch.tensor([True]))
+    mesh = extract_narrow_band(face_sdf(model, neutral), resolution=resolution).mesh
+    engine = MorphEngine(model, mesh, neutral)
+    targets, failures = {}, {}
+    for label, z_exp in expressions.items():
+        result = engine.morph(Codes(z_id, z_exp))
+        targets[label] = np.asarray(result.vertices)
+        failures[label] = int(result.failed)
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces), targets, failures
+
+
+def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray, targets: dict) -> Path:
+    """A glTF 2.0 binary: one mesh, its morph targets (position offsets) named in extras.targetNames.
+    Positions in metres (the glTF unit)."""
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    blobs = [base.tobytes(), np.ascontiguousarray(faces, dtype=np.uint32).tobytes()]
+    deltas = [np.ascontiguousarray(np.asarray(v, np.float32) - base) for v in targets.values()]
+    blobs += [d.tobytes() for d in deltas]
+    views, offset = [], 0
+    for blob in blobs:
+        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(blob)})
+        offset += len(blob)  # float32 / uint32 blobs keep 4-byte alignment
+
+    def accessor(view, array, kind):
+        entry = {"bufferView": view, "count": len(array)}
+        if kind == "SCALAR":
+            entry.update(componentType=5125, type="SCALAR")  # uint32 indices
+        else:
+            entry.update(
+                componentType=5126, type="VEC3", min=array.min(0).tolist(), max=array.max(0).tolist()
+            )
+        return entry
+
+    accessors = [accessor(0, base, "VEC3"), accessor(1, np.asarray(faces).reshape(-1), "SCALAR")]
+    accessors += [accessor(2 + k, d, "VEC3") for k, d in enumerate(deltas)]
+    document = {
+        "asset": {"version": "2.0", "generator": "imface"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [
+            {
+                "name": "face",
+                "primitives": [
+                    {
+                        "attributes": {"POSITION": 0},
+                        "indices": 1,
+                        "targets": [{"POSITION": 2 + k} for k in range(len(deltas))],
+                    }
+                ],
+                "weights": [0.0] * len(deltas),
+                "extras": {"targetNames": list(targets)},
+            }
+        ],
+        "buffers": [{"byteLength": offset}],
+        "bufferViews": views,
+        "accessors": accessors,
+    }
+    json_chunk = json.dumps(document, separators=(",", ":")).encode()
+    json_chunk += b" " * (-len(json_chunk) % 4)
+    bin_chunk = b"".join(blobs)
+    bin_chunk += b"\0" * (-len(bin_chunk) % 4)
+    total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<III", 0x46546C67, 2, total))
+        f.write(struct.pack("<II", len(json_chunk), 0x4E4F534A) + json_chunk)
+        f.write(struct.pack("<II", len(bin_chunk), 0x004E4942) + bin_chunk)
+    return path
+
+
+def export_rig(
+    model, z_id, expressions, out_dir: str | Path, resolution: int = 128, fmt: str = "obj"
+) -> dict:
+    """Write <label>.<fmt> (mm) for the neutral face and every expression, and rig.glb (metres)."""
+    from imface.io import save_mesh
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
+    save_mesh(out / f"1_neutral.{fmt}", base * MM_PER_UNIT, faces)
+    for label, vertices in targets.items():
+        save_mesh(out / f"{label}.{fmt}", vertices * MM_PER_UNIT, faces)
+    metres = MM_PER_UNIT / 1000.0
+    write_glb_with_morph_targets(
+        out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}
+    )
+    manifest = {
+        "units": {fmt: "mm", "glb": "m"},
+        "frame": "model frame: y up, face looking +z, origin 40 mm behind the nose tip",
+        "vertices": int(len(base)),
+        "expressions": list(targets),
+        "unconverged_vertices": failures,
+    }
+    (out / "rig.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def _common(parser) -> None:
+    from imface.io import DEFAULT_CHECKPOINT
+
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--format", choices=["obj", "ply", "stl", "glb"], default="ply")
+
+
+def add_generate_arguments(parser) -> None:
+    _common(parser)
+    parser.add_argument("--n", type=int, default=8, help="number of faces")
+    parser.add_argument("--scale", type=float, default=0.85, help="std multiplier of the sampling")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--neutral", action="store_true", help="identities only (neutral expression)")
+
+
+def run_generate(args) -> int:
+    from imface.extract import extract_narrow_band, face_sdf
+    from imface.io import load_checkpoint, save_mesh
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, codes in enumerate(sample_faces(checkpoint, args.n, args.scale, args.seed)):
+        if args.neutral:
+            codes = Codes(codes.z_id[0], codes.z_exp[0], torch.tensor([True]))
+        mesh = extract_narrow_band(face_sdf(checkpoint.model, codes), resolution=args.resolution).mesh
+        save_mesh(out / f"face_{i:03d}.{args.format}", mesh.vertices * MM_PER_UNIT, mesh.faces)
+        record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
+        record["checkpoint_sha256"] = checkpoint.sha256
+        (out / f"face_{i:03d}.json").write_text(json.dumps(record))
+    print(json.dumps({"faces": args.n, "out": str(out), "units": "mm"}))
+    return 0
+
+
+def add_rig_arguments(parser) -> None:
+    _common(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--codes", help="codes JSON of a fitted face (fit --codes)")
+    source.add_argument("--identity", type=int, help="index of a training identity")
+    parser.add_argument("--expression-from", help="codes JSON whose expression to transfer (one mesh)")
+
+
+def run_rig(args) -> int:
+    from imface.correspond import load_codes_json
+    from imface.extract import extract_narrow_band, face_sdf
+    from imface.io import load_checkpoint, save_mesh
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.codes:
+        z_id = load_codes_json(args.codes, checkpoint).z_id[0]
+    else:
+        if not 0 <= args.identity < checkpoint.codes.z_id.shape[0]:
+            raise UserError(
+                f"identity {args.identity} out of range (0..{checkpoint.codes.z_id.shape[0] - 1})"
+            )
+        z_id = checkpoint.codes.z_id[args.identity]
+    if args.expression_from:  # expression transfer: this identity with another face's expression
+        z_exp = load_codes_json(args.expression_from, checkpoint).z_exp[0]
+        mesh = extract_narrow_band(
+            face_sdf(checkpoint.model, Codes(z_id, z_exp)), resolution=args.resolution
+        ).mesh
+        path = Path(args.out) / f"transfer.{args.format}"
+        save_mesh(path, mesh.vertices * MM_PER_UNIT, mesh.faces)
+        print(json.dumps({"transfer": str(path), "units": "mm"}))
+        return 0
+    manifest = export_rig(
+        checkpoint.model, z_id, expression_codes(checkpoint), args.out, args.resolution, args.format
+    )
+    print(json.dumps({k: manifest[k] for k in ("vertices", "expressions")}))
+    return 0

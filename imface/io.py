@@ -1,0 +1,306 @@
+"""Checkpoints and mesh files.
+
+A checkpoint is one safetensors file: tensors for the weights, the trained codes and their
+statistics; JSON strings in the header metadata for the config, the codes' labels and free-form
+metadata. Loading never unpickles: a pickle or ``torch.save`` file is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imface.config import ModelConfig
+from imface.errors import CheckpointError, MeshError
+from imface.model import Codes, ImFace
+
+FORMAT_NAME = "imface-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "resources" / "imface_default.safetensors"
+
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container (holds a pickle)
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+# -- statistics of the trained codes (for sampling and the editor's sliders) -----------------
+@dataclass
+class CodeStats:
+    """Mean, per-dimension std and principal directions of a set of codes."""
+
+    mean: torch.Tensor  # (D,)
+    std: torch.Tensor  # (D,)
+    basis: torch.Tensor  # (K, D) orthonormal rows, most variance first
+    basis_std: torch.Tensor  # (K,) std of the codes along each row
+
+    @classmethod
+    def of(cls, codes: torch.Tensor) -> CodeStats:
+        codes = codes.detach().float()
+        mean = codes.mean(0)
+        if codes.shape[0] < 2:
+            d = codes.shape[1]
+            return cls(mean, torch.zeros(d), torch.eye(d), torch.zeros(d))
+        centred = codes - mean
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        return cls(mean, codes.std(0), vh, s / (codes.shape[0] - 1) ** 0.5)
+
+    def sample(self, n: int, scale: float = 1.0, generator: torch.Generator | None = None):
+        """mean + scale * std * N(0, 1) along the principal directions."""
+        k = self.basis.shape[0]
+        noise = torch.randn(n, k, generator=generator)
+        return self.mean + (scale * noise * self.basis_std) @ self.basis
+
+
+@dataclass
+class TrainedCodes:
+    """The auto-decoder's codes: one per identity, one per non-neutral scan (and detail codes)."""
+
+    z_id: torch.Tensor  # (I, id_dim)
+    z_exp: torch.Tensor  # (E, exp_dim)
+    identity_labels: list[str]
+    expression_labels: list[str]  # FaceScape label of each expression code, e.g. "2_smile"
+    expression_keys: list[str] = field(default_factory=list)  # scan key of each expression code
+    expression_identity: list[int] = field(default_factory=list)  # identity index per exp code
+    z_detail: torch.Tensor | None = None  # (scans, detail_dim)
+    detail_keys: list[str] = field(default_factory=list)
+
+    def face(self, identity: int, expression: int | None) -> Codes:
+        """Codes of one face: an identity with an expression code (None = neutral)."""
+        z_exp = self.z_exp[expression] if expression is not None else torch.zeros_like(self.z_exp[0])
+        return Codes(self.z_id[identity], z_exp, torch.tensor([expression is None]))
+
+    def labels_json(self) -> dict[str, Any]:
+        return dict(
+            identity_labels=self.identity_labels,
+            expression_labels=self.expression_labels,
+            expression_keys=self.expression_keys,
+            expression_identity=self.expression_identity,
+            detail_keys=self.detail_keys,
+        )
+
+
+@dataclass
+class Checkpoint:
+    model: ImFace
+    codes: TrainedCodes
+    meta: dict[str, Any]
+    path: Path | None = None
+    sha256: str = ""
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def stats(self) -> dict[str, CodeStats]:
+        return {"id": CodeStats.of(self.codes.z_id), "exp": CodeStats.of(self.codes.z_exp)}
+
+
+# -- save --------------------------------------------------------------------------------------
+def save_checkpoint(
+    path: str | Path, model: ImFace, codes: TrainedCodes, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves a half checkpoint."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors["codes.z_id"] = codes.z_id.detach().cpu().contiguous()
+    tensors["codes.z_exp"] = codes.z_exp.detach().cpu().contiguous()
+    if codes.z_detail is not None:
+        tensors["codes.z_detail"] = codes.z_detail.detach().cpu().contiguous()
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": model.config.to_json(),
+        "codes": json.dumps(codes.labels_json()),
+        "meta": json.dumps(meta or {}, default=str),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+# -- load --------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint safely; any problem raises CheckpointError naming the file."""
+    path = Path(path)
+    _check_container(path)
+    tensors, metadata = _read_safetensors(path)
+    config = _parse_config(path, metadata)
+    model = ImFace(config)
+    _load_weights(path, model, tensors)
+    codes = _parse_codes(path, metadata, tensors, config)
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    model.to(device).eval()
+    return Checkpoint(model=model, codes=codes, meta=meta, path=path, sha256=file_sha256(path))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_container(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] in _PICKLE_MAGIC or head[:4] == _ZIP_MAGIC:
+        raise CheckpointError(
+            f"{path}: this is a pickle / torch.save file; ImFace checkpoints are safetensors and "
+            "are never unpickled (convert it with a trusted script first)"
+        )
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated ({size} bytes) or not a checkpoint")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > _MAX_HEADER or 8 + header_len > size:
+        raise CheckpointError(f"{path}: truncated or not a safetensors checkpoint (bad header)")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # the library raises its own error types for every corruption
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: a safetensors file, but not an ImFace checkpoint")
+    version = metadata.get("format_version", "?")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version}; this program reads {FORMAT_VERSION}"
+        )
+    return tensors, metadata
+
+
+def _parse_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({exc})") from None
+
+
+def _load_weights(path: Path, model: ImFace, tensors: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    stored = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = [
+        f"{k} {tuple(stored[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in stored and stored[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
+    if problems:
+        raise CheckpointError(f"{path}: config does not match the stored weights: " + "; ".join(problems))
+    model.load_state_dict(stored)
+
+
+def _parse_codes(path, metadata, tensors, config: ModelConfig) -> TrainedCodes:
+    try:
+        labels = json.loads(metadata.get("codes", "{}"))
+        z_id, z_exp = tensors["codes.z_id"], tensors["codes.z_exp"]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: codes missing or unreadable ({exc})") from None
+    if z_id.dim() != 2 or z_id.shape[1] != config.id_dim:
+        raise CheckpointError(f"{path}: identity codes {tuple(z_id.shape)} do not match id_dim")
+    if z_exp.dim() != 2 or z_exp.shape[1] != config.exp_dim:
+        raise CheckpointError(f"{path}: expression codes {tuple(z_exp.shape)} do not match exp_dim")
+    codes = TrainedCodes(
+        z_id=z_id,
+        z_exp=z_exp,
+        identity_labels=list(labels.get("identity_labels", [])),
+        expression_labels=list(labels.get("expression_labels", [])),
+        expression_keys=list(labels.get("expression_keys", [])),
+        expression_identity=list(labels.get("expression_identity", [])),
+        z_detail=tensors.get("codes.z_detail"),
+        detail_keys=list(labels.get("detail_keys", [])),
+    )
+    if len(codes.identity_labels) not in (0, z_id.shape[0]):
+        raise CheckpointError(
+            f"{path}: {len(codes.identity_labels)} identity labels for {z_id.shape[0]} codes"
+        )
+    if len(codes.expression_labels) not in (0, z_exp.shape[0]):
+        raise CheckpointError(
+            f"{path}: {len(codes.expression_labels)} expression labels for {z_exp.shape[0]} codes"
+        )
+    return codes
+
+
+# -- meshes --------------------------------------------------------------------------------
+MESH_FORMATS = (".obj", ".ply", ".stl", ".glb")
+
+
+def save_mesh(
+    path: str | Path,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    colors: np.ndarray | None = None,
+) -> Path:
+    """Write a mesh as OBJ, PLY, STL or GLB; per-vertex colours (V, 3|4) uint8 or float in [0, 1]
+    go where the format has them (STL has none)."""
+    import trimesh
+
+    path = Path(path)
+    if path.suffix.lower() not in MESH_FORMATS:
+        raise MeshError(f"{path}: unsupported mesh format (use one of {', '.join(MESH_FORMATS)})")
+    mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces), process=False)
+    if colors is not None:
+        colors = np.asarray(colors)
+        if colors.dtype != np.uint8:
+            colors = np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
+        mesh.visual.vertex_colors = colors
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mesh.export(str(path))
+    return path
+
+
+# -- CLI: python -m imface info CKPT ------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT))
+
+
+def run(args) -> int:
+    from imface.model import parameter_count
+
+    ckpt = load_checkpoint(args.checkpoint)
+    summary = {
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "parameters": parameter_count(ckpt.model),
+        "config": ckpt.config.to_dict(),
+        "identities": ckpt.codes.z_id.shape[0],
+        "expression_codes": ckpt.codes.z_exp.shape[0],
+        "detail_codes": 0 if ckpt.codes.z_detail is None else ckpt.codes.z_detail.shape[0],
+        "meta": ckpt.meta,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0

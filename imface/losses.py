@@ -1,0 +1,151 @@
+"""Training losses of ImFace / ImFace++ (IMFACE.md § Training), on one batch of scans.
+
+`AutoDecoder` holds the network and the per-person / per-scan codes, so one module (and one
+DistributedDataParallel wrapper) sees every trainable tensor; its forward returns the weighted
+loss terms of a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from imface.config import LossWeights, ModelConfig
+from imface.model import Codes, ImFace, spatial_gradient
+
+
+class AutoDecoder(nn.Module):
+    """The network plus its code tables: one identity code per person, one expression code per
+    non-neutral scan, and (ImFace++) one detail code per scan."""
+
+    def __init__(self, config: ModelConfig, identities: int, scans: int, exp_index: Tensor, init_std: float):
+        super().__init__()
+        self.model = ImFace(config)
+        self.id_codes = nn.Parameter(torch.randn(identities, config.id_dim) * init_std)
+        self.exp_codes = nn.Parameter(
+            torch.randn(max(int((exp_index >= 0).sum()), 1), config.exp_dim) * init_std
+        )
+        # scan -> row of exp_codes, -1 for neutral scans
+        self.register_buffer("exp_index", exp_index.long().clone())
+        self.detail_codes = (
+            nn.Parameter(torch.randn(scans, config.detail_dim) * init_std) if config.detail else None
+        )
+
+    def batch_codes(self, scan: Tensor, identity: Tensor) -> Codes:
+        rows = self.exp_index[scan]
+        neutral = rows < 0
+        z_exp = self.exp_codes[rows.clamp(min=0)] * (~neutral).unsqueeze(-1)
+        z_detail = None if self.detail_codes is None else self.detail_codes[scan]
+        return Codes(self.id_codes[identity], z_exp, neutral, z_detail)
+
+    def forward(self, batch: dict[str, Tensor], weights: LossWeights, detail_ramp: float = 0.0):
+        return batch_losses(self, batch, weights, detail_ramp)
+
+
+def cosine_ramp(epoch: float, start: float, length: float) -> float:
+    """0 before `start`, then a half-cosine rise to 1 over `length` epochs (ImFace++ schedule)."""
+    if epoch < start:
+        return 0.0
+    if length <= 0:
+        return 1.0
+    t = min((epoch - start) / length, 1.0)
+    return 0.5 - 0.5 * math.cos(math.pi * t)
+
+
+def _points(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
+    """All points of the batch, flat, scan-major: surface points first, then space points."""
+    surface, space = batch["surface_points"], batch["space_points"]
+    points = torch.cat([surface, space], dim=1)
+    b, p = points.shape[:2]
+    index = torch.arange(b, device=points.device).repeat_interleave(p)
+    return points.reshape(-1, 3), index, surface.shape[1]
+
+
+def batch_losses(
+    decoder: AutoDecoder, batch: dict[str, Tensor], w: LossWeights, detail_ramp: float = 0.0
+) -> dict[str, Tensor]:
+    """Weighted loss terms (each a scalar tensor) and their sum under "total"."""
+    model = decoder.model
+    codes = decoder.batch_codes(batch["scan"], batch["identity"])
+    points, index, n_surface = _points(batch)
+    points = points.detach().requires_grad_(True)
+    b = batch["surface_points"].shape[0]
+    use_detail = model.detail_field is not None and detail_ramp > 0
+    out = model(points, index, codes, detail=use_detail, neutral_displacement=bool(codes.neutral.any()))
+
+    per_scan = lambda t: t.view(b, -1, *t.shape[1:])  # noqa: E731
+    terms: dict[str, Tensor] = {}
+    coarse = out.coarse_sdf
+    grad = spatial_gradient(coarse, points, create_graph=True)
+    _surface_terms(terms, per_scan(coarse), per_scan(grad), batch, n_surface, w, prefix="")
+    terms["eikonal"] = w.eikonal * (grad.norm(dim=-1) - 1).abs().mean()
+    terms["eikonal_canonical"] = w.eikonal_canonical * _canonical_eikonal(model, out, codes, index, b)
+    terms["correction"] = w.correction * out.correction.abs().mean()
+    if out.neutral_displacement is not None:
+        neutral_points = codes.neutral[index]
+        terms["neutral_suppression"] = (
+            w.neutral_suppression * out.neutral_displacement[neutral_points].norm(dim=-1).mean()
+        )
+    terms.update(_landmark_terms(model, codes, batch, w))
+    terms["embedding"] = w.embedding * _embedding(codes)
+    if use_detail:
+        fine_grad = spatial_gradient(out.sdf, points, create_graph=True)
+        detail_terms: dict[str, Tensor] = {}
+        _surface_terms(detail_terms, per_scan(out.sdf), per_scan(fine_grad), batch, n_surface, w, "detail_")
+        for name, value in detail_terms.items():
+            terms[name] = detail_ramp * value
+        terms["detail_embedding"] = detail_ramp * w.detail_embedding * codes.z_detail.pow(2).mean()
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def _surface_terms(terms, sdf, grad, batch, n_surface, w: LossWeights, prefix: str) -> None:
+    """SDF L1 on surface (target 0) and space points (target: their signed distance); normal
+    alignment 1 - cos on surface points."""
+    sdf_weight = w.detail_sdf if prefix else w.sdf
+    normal_weight = w.detail_normal if prefix else w.normal
+    on_surface = sdf[:, :n_surface].abs().mean()
+    off_surface = (sdf[:, n_surface:] - batch["space_sdf"]).abs().mean()
+    terms[prefix + "sdf"] = sdf_weight * 0.5 * (on_surface + off_surface)
+    cos = torch.nn.functional.cosine_similarity(grad[:, :n_surface], batch["surface_normals"], dim=-1)
+    terms[prefix + "normal"] = normal_weight * (1 - cos).mean()
+
+
+def _canonical_eikonal(model: ImFace, out, codes: Codes, index: Tensor, scans: int) -> Tensor:
+    """|grad_p' s - 1| in canonical space: the neutral face must be an SDF too. Evaluated on a
+    subsample of the (detached) canonical points to keep the cost down."""
+    stride = 4
+    canonical = out.canonical.detach()[::stride].requires_grad_(True)
+    sub_index = index[::stride]
+    prep = model.prepare(Codes(codes.z_id, codes.z_exp, torch.ones_like(codes.neutral), None))
+    s = model.query(canonical, prep, sub_index, detail=False).coarse_sdf
+    grad = spatial_gradient(s, canonical, create_graph=True)
+    return (grad.norm(dim=-1) - 1).abs().mean()
+
+
+def _landmark_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[str, Tensor]:
+    """Landmark generation (eta, eta') and consistency: E(l) -> l', I(E(l)) -> template."""
+    prep = model.prepare(codes)
+    observed, neutral_gt = batch["landmarks5"], batch["neutral_landmarks5"]
+    expressive = ~codes.neutral
+    terms = {"landmark_neutral": w.landmark_neutral * (prep.neutral_landmarks - neutral_gt).abs().mean()}
+    if expressive.any():
+        error = (prep.exp_landmarks[expressive] - observed[expressive]).abs().mean()
+        terms["landmark"] = w.landmark * error
+    b, n = observed.shape[:2]
+    index = torch.arange(b, device=observed.device).repeat_interleave(n)
+    out = model.query(observed.reshape(-1, 3), prep, index, detail=False)
+    canonical_error = (out.canonical.view(b, n, 3) - neutral_gt).abs().mean()
+    template_error = (out.template.view(b, n, 3) - model.template_landmarks).abs().mean()
+    terms["landmark_consistency"] = w.landmark_consistency * (canonical_error + template_error)
+    return terms
+
+
+def _embedding(codes: Codes) -> Tensor:
+    z_exp = codes.z_exp[~codes.neutral]
+    value = codes.z_id.pow(2).mean()
+    if z_exp.numel():
+        value = value + z_exp.pow(2).mean()
+    return value

@@ -1,0 +1,436 @@
+"""Auto-decoder training: ``python -m imface train --corpus CACHE --out RUN [--resume]``.
+
+Several processes (GPUs or CPU) with torchrun: ``torchrun --nproc_per_node K -m imface train ...``
+uses DistributedDataParallel (NCCL on CUDA, gloo on CPU).
+
+RUN/ holds: config.json, log.jsonl (one JSON line per logged step), state.safetensors (everything
+needed to resume exactly: weights, codes, optimizer moments, step; written atomically) and
+model.safetensors (the inference checkpoint, `imface.io` format). Batches are drawn from a
+generator seeded by (seed, epoch, batch, rank), so a resumed run sees exactly the batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from imface.config import ModelConfig, TrainConfig
+from imface.errors import UserError
+from imface.io import TrainedCodes, save_checkpoint
+from imface.losses import AutoDecoder, cosine_ramp
+
+STATE_FILE = "state.safetensors"
+MODEL_FILE = "model.safetensors"
+
+
+# -- data ------------------------------------------------------------------------------------
+@dataclass
+class TrainingSet:
+    """The training scans of a prepared corpus and their code bookkeeping."""
+
+    corpus: object  # imface.data.corpus.Corpus
+    keys: list[str]
+    identity_names: list[str]
+    identity_of_scan: np.ndarray  # (scans,) index into identity_names
+    exp_index: np.ndarray  # (scans,) row of the expression code table, -1 for neutral scans
+    expression_labels: list[str]  # per expression code
+    neutral_landmarks: np.ndarray  # (identities, 5, 3) of each person's neutral scan
+
+    @classmethod
+    def open(cls, cache: str | Path, test_identities: float, seed: int) -> TrainingSet:
+        from imface.data.corpus import Corpus
+
+        corpus = Corpus.open(cache)
+        keys, _ = corpus.split(test_identities, seed)
+        if not keys:
+            raise UserError(f"{cache}: no training scans after holding out test identities")
+        records = {r["key"]: r for r in corpus.scans}
+        identity_names = sorted({records[k]["identity"] for k in keys})
+        id_lookup = {name: i for i, name in enumerate(identity_names)}
+        identity_of_scan = np.array([id_lookup[records[k]["identity"]] for k in keys])
+        exp_index = np.full(len(keys), -1)
+        labels = []
+        for i, key in enumerate(keys):
+            if not records[key]["neutral"]:
+                exp_index[i] = len(labels)
+                labels.append(records[key]["expression"])
+        neutral = cls._neutral_landmarks(corpus, keys, records, identity_of_scan, len(identity_names))
+        return cls(corpus, keys, identity_names, identity_of_scan, exp_index, labels, neutral)
+
+    @staticmethod
+    def _neutral_landmarks(corpus, keys, records, identity_of_scan, identities) -> np.ndarray:
+        """Landmarks of each person's neutral scan (the mean of their scans if none is neutral)."""
+        sums = np.zeros((identities, 5, 3))
+        counts = np.zeros(identities)
+        neutral_found = np.zeros(identities, dtype=bool)
+        for key, ident in zip(keys, identity_of_scan, strict=True):
+            lm = np.asarray(corpus.load(key)["landmarks5"], dtype=np.float64)
+            if records[key]["neutral"]:
+                sums[ident], counts[ident], neutral_found[ident] = lm, 1, True
+            elif not neutral_found[ident]:
+                sums[ident] += lm
+                counts[ident] += 1
+        return (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
+
+    def batch(self, scans: np.ndarray, points_per_scan: int, generator: torch.Generator, device):
+        """Load a batch: half surface points (with normals), half space points (with SDF)."""
+        n_surface = points_per_scan // 2
+        n_space = points_per_scan - n_surface
+        fields: dict[str, list] = {k: [] for k in ("surface_points", "surface_normals", "space_points")}
+        fields.update(space_sdf=[], landmarks5=[])
+        for scan in scans:
+            arrays = self.corpus.load(self.keys[scan])
+            pick_s = _pick(arrays["surface_points"].shape[0], n_surface, generator)
+            pick_u = _pick(arrays["space_points"].shape[0], n_space, generator)
+            fields["surface_points"].append(arrays["surface_points"][pick_s])
+            fields["surface_normals"].append(arrays["surface_normals"][pick_s])
+            fields["space_points"].append(arrays["space_points"][pick_u])
+            fields["space_sdf"].append(arrays["space_sdf"][pick_u])
+            fields["landmarks5"].append(arrays["landmarks5"])
+        batch = {k: torch.from_numpy(np.stack(v).astype(np.float32)).to(device) for k, v in fields.items()}
+        identity = self.identity_of_scan[scans]
+        batch["scan"] = torch.from_numpy(scans).long().to(device)
+        batch["identity"] = torch.from_numpy(identity).long().to(device)
+        batch["neutral_landmarks5"] = torch.from_numpy(self.neutral_landmarks[identity]).to(device)
+        return batch
+
+    def template_landmarks(self) -> torch.Tensor:
+        """The fixed template landmarks l'': the mean neutral landmarks of the training people."""
+        return torch.from_numpy(self.neutral_landmarks.mean(0)).float()
+
+
+def _pick(available: int, wanted: int, generator: torch.Generator) -> np.ndarray:
+    # sorted indices read memory-mapped arrays in order (much faster from disk)
+    return np.sort(torch.randint(available, (wanted,), generator=generator).numpy())
+
+
+def _batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 257 + rank)
+
+
+def epoch_order(scans: int, seed: int, epoch: int) -> np.ndarray:
+    """The same permutation of the scans on every process."""
+    return torch.randperm(scans, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()
+
+
+# -- distributed -------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str | None) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if world <= 1:
+        return Dist(device=torch.device(device_name or ("cuda" if use_cuda else "cpu")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return Dist(rank=dist.get_rank(), world=world, device=device)
+
+
+# -- state -----------------------------------------------------------------------------------
+def save_state(path: Path, decoder: AutoDecoder, optimizer, step: int, epoch: int, cfg: TrainConfig) -> None:
+    """Everything needed to resume exactly, as safetensors + JSON (never pickle), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {
+        "step": str(step),
+        "epoch": str(epoch),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "train_config": json.dumps(cfg.to_dict()),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_state(path: Path, decoder: AutoDecoder, optimizer) -> tuple[int, int]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise UserError(f"{path}: cannot resume, training state is unreadable ({exc})") from None
+    decoder.load_state_dict({k[len("decoder.") :]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"]), int(meta["epoch"])
+
+
+def trained_codes(decoder: AutoDecoder, data: TrainingSet) -> TrainedCodes:
+    expressive = [i for i in range(len(data.keys)) if data.exp_index[i] >= 0]
+    return TrainedCodes(
+        z_id=decoder.id_codes.detach().cpu(),
+        z_exp=decoder.exp_codes.detach().cpu()[: len(expressive)],
+        identity_labels=data.identity_names,
+        expression_labels=data.expression_labels,
+        expression_keys=[data.keys[i] for i in expressive],
+        expression_identity=[int(data.identity_of_scan[i]) for i in expressive],
+        z_detail=None if decoder.detail_codes is None else decoder.detail_codes.detach().cpu(),
+        detail_keys=list(data.keys) if decoder.detail_codes is not None else [],
+    )
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def learning_rate_scale(cfg: TrainConfig, epoch: int) -> float:
+    if epoch < cfg.lr_decay_after:
+        return 1.0
+    return cfg.lr_decay ** ((epoch - cfg.lr_decay_after) // cfg.lr_decay_every + 1)
+
+
+class Trainer:
+    def __init__(
+        self, cfg: TrainConfig, data: TrainingSet, run_dir: Path, env: Dist, log_every: int = 10, meta=None
+    ):
+        self.cfg, self.data, self.run_dir, self.env = cfg, data, run_dir, env
+        self.log_every = log_every
+        self.meta = dict(meta or {})  # stored in every checkpoint (e.g. the held-out split)
+        torch.manual_seed(cfg.seed)
+        exp_index = torch.from_numpy(data.exp_index)
+        self.decoder = AutoDecoder(
+            cfg.model, len(data.identity_names), len(data.keys), exp_index, cfg.code_init_std
+        )
+        self.decoder.model.template_landmarks.copy_(data.template_landmarks())
+        self.decoder.to(env.device)
+        code_params = [self.decoder.id_codes, self.decoder.exp_codes]
+        if self.decoder.detail_codes is not None:
+            code_params.append(self.decoder.detail_codes)
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": list(self.decoder.model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr},
+                {"params": code_params, "lr": cfg.code_lr, "base_lr": cfg.code_lr},
+            ]
+        )
+        self.module = self.decoder
+        if env.world > 1:
+            self.module = torch.nn.parallel.DistributedDataParallel(self.decoder, find_unused_parameters=True)
+        self.step, self.epoch = 0, 0
+        self.batches_per_epoch = max(1, math.ceil(len(data.keys) / (cfg.scans_per_batch * env.world)))
+
+    def resume(self) -> bool:
+        path = self.run_dir / STATE_FILE
+        if not path.exists():
+            return False
+        self.step, self.epoch = load_state(path, self.decoder, self.optimizer)
+        return True
+
+    def _set_lr(self) -> None:
+        scale = learning_rate_scale(self.cfg, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scale
+
+    def _scans_of_batch(self, batch: int) -> np.ndarray:
+        order = epoch_order(len(self.data.keys), self.cfg.seed, self.epoch)
+        size = self.cfg.scans_per_batch
+        chunk = order[batch * size * self.env.world : (batch + 1) * size * self.env.world]
+        mine = chunk[self.env.rank :: self.env.world]
+        return mine if mine.size else chunk[:1]
+
+    def train_step(self, batch_in_epoch: int) -> dict[str, float]:
+        cfg, env = self.cfg, self.env
+        gen = _batch_generator(cfg.seed, self.epoch, batch_in_epoch, env.rank)
+        batch = self.data.batch(self._scans_of_batch(batch_in_epoch), cfg.points_per_scan, gen, env.device)
+        epoch_float = self.epoch + batch_in_epoch / self.batches_per_epoch
+        ramp = (
+            cosine_ramp(epoch_float, cfg.detail_start_epoch, cfg.detail_ramp_epochs)
+            if cfg.model.detail
+            else 0.0
+        )
+        use_amp = cfg.amp and env.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            terms = self.module(batch, cfg.losses, ramp)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def run(self, max_steps: int | None = None, time_limit: float | None = None, progress=None) -> int:
+        cfg = self.cfg
+        total_steps = cfg.epochs * self.batches_per_epoch
+        if max_steps is not None:
+            total_steps = min(total_steps, max_steps)
+        start = time.perf_counter()
+        bar = _progress(self.env.main, total_steps, self.step)
+        while self.step < total_steps:
+            batch_in_epoch = self.step - self.epoch * self.batches_per_epoch
+            if batch_in_epoch >= self.batches_per_epoch:
+                self.epoch += 1
+                continue
+            self._set_lr()
+            t0 = time.perf_counter()
+            terms = self.train_step(batch_in_epoch)
+            self.step += 1
+            self._after_step(terms, time.perf_counter() - t0, bar, progress)
+            if time_limit is not None and time.perf_counter() - start > time_limit:
+                break
+        if self.step % self.batches_per_epoch == 0:
+            self.epoch = self.step // self.batches_per_epoch
+        self.checkpoint()
+        if bar is not None:
+            bar.close()
+        return self.step
+
+    def _after_step(self, terms, seconds, bar, progress) -> None:
+        points = self.cfg.scans_per_batch * self.cfg.points_per_scan * self.env.world
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['total']:.4g}", epoch=self.epoch)
+        if self.env.main and (self.step % self.log_every == 0 or self.step == 1):
+            record = {"step": self.step, "epoch": self.epoch, "seconds": round(seconds, 4)}
+            record["points_per_s"] = round(points / max(seconds, 1e-9))
+            record.update({k: round(v, 6) for k, v in terms.items()})
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _tensorboard(self.run_dir, record)
+            if progress is not None:
+                progress(record)
+        if self.step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if not self.env.main:
+            return
+        save_state(self.run_dir / STATE_FILE, self.decoder, self.optimizer, self.step, self.epoch, self.cfg)
+        meta = {**self.meta, "step": self.step, "epoch": self.epoch, "seed": self.cfg.seed}
+        save_checkpoint(
+            self.run_dir / MODEL_FILE, self.decoder.model, trained_codes(self.decoder, self.data), meta
+        )
+
+
+_WRITERS: dict[str, object] = {}
+
+
+def _tensorboard(run_dir: Path, record: dict) -> None:
+    """TensorBoard scalars when tensorboard is installed (optional dependency)."""
+    key = str(run_dir)
+    if key not in _WRITERS:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            _WRITERS[key] = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            _WRITERS[key] = None
+    writer = _WRITERS[key]
+    if writer is None:
+        return
+    for name, value in record.items():
+        if name not in ("step", "epoch"):
+            writer.add_scalar(f"train/{name}", value, record["step"])
+    writer.flush()
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step")
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+PRESETS = {"default": ModelConfig, "paper": ModelConfig.paper, "tiny": ModelConfig.tiny}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--corpus", required=True, help="prepared cache (python -m imface prepare)")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--config", help="TrainConfig JSON (see imface/config.py)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model size")
+    parser.add_argument("--detail", action="store_true", help="ImFace++ detail field")
+    parser.add_argument("--deformation", choices=["translation", "se3"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--scans-per-batch", type=int)
+    parser.add_argument("--points-per-scan", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--test-identities", type=float, default=0.2, help="held out (count or fraction)")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
+
+
+def build_config(args) -> TrainConfig:
+    if args.config:
+        try:
+            cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{args.config}: invalid training config ({exc})") from None
+    else:
+        cfg = TrainConfig(model=PRESETS[args.preset]())
+    if args.detail:
+        cfg.model.detail = True
+    if args.deformation:
+        cfg.model.deformation = args.deformation
+    for name in ("epochs", "scans_per_batch", "points_per_scan", "lr", "checkpoint_every"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg
+
+
+def run(args) -> int:
+    run_dir = Path(args.out)
+    config_file = run_dir / "config.json"
+    if args.resume:
+        if not config_file.exists():
+            raise UserError(f"{run_dir}: nothing to resume (no config.json)")
+        cfg = TrainConfig.from_dict(json.loads(config_file.read_text()))
+    else:
+        if (run_dir / STATE_FILE).exists():
+            raise UserError(f"{run_dir}: already holds a run; use --resume or another --out")
+        cfg = build_config(args)
+    env = init_distributed(args.device)
+    data = TrainingSet.open(args.corpus, args.test_identities, cfg.seed)
+    if env.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+    meta = {"corpus": str(args.corpus), "test_identities": args.test_identities}
+    trainer = Trainer(cfg, data, run_dir, env, meta=meta)
+    if args.resume:
+        trainer.resume()
+    try:
+        steps = trainer.run(args.max_steps, args.time_limit)
+    finally:
+        if env.world > 1:
+            dist.destroy_process_group()
+    if env.main:
+        print(json.dumps({"steps": steps, "epoch": trainer.epoch, "checkpoint": str(run_dir / MODEL_FILE)}))
+    return 0
+
+
+if __name__ == "__main__":  # torchrun -m imface.train also works
+    from imface.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
