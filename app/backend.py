@@ -185,7 +185,7 @@ class CodeSpace:
         )
 
     @classmethod
-    def from_stats(cls, mean, std, basis) -> CodeSpace:
+    def from_stats(cls, mean, std, basis, raw_std=None) -> CodeSpace:
         mean = _np(mean).astype(np.float32).reshape(-1)
         basis = _np(basis).astype(np.float32)
         std = _np(std).astype(np.float32).reshape(-1)
@@ -198,6 +198,8 @@ class CodeSpace:
         else:  # per-dimension std: project it onto the directions
             raw = std if std.shape[0] == dim else np.full(dim, float(std.mean() or 0.01), np.float32)
             pstd = np.sqrt(np.maximum((basis**2 * raw[None] ** 2).sum(1), 1e-12)).astype(np.float32)
+        if raw_std is not None and _np(raw_std).reshape(-1).shape[0] == dim:
+            raw = _np(raw_std).astype(np.float32).reshape(-1)
         pstd = np.where(pstd > 1e-8, pstd, 1e-3).astype(np.float32)
         raw = np.where(raw > 1e-8, raw, 1e-3).astype(np.float32)
         return cls(mean, pstd, basis, raw)
@@ -238,7 +240,8 @@ class FaceModel:
     expression_codes: dict[str, np.ndarray] = field(default_factory=dict)  # label -> mean z_exp
     identity_codes: list[np.ndarray] = field(default_factory=list)
     checkpoint: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    band_cache: Any = None  # imface.extract.BandCache: band reuse between nearby codes
+    lock: threading.RLock = field(default_factory=threading.RLock)  # serialises mesh work
 
     @property
     def id_dim(self) -> int:
@@ -326,6 +329,9 @@ def load_model(path: str | Path | None) -> FaceModel:
     stats = getattr(ckpt, "stats", None)
 
     def space(prefix: str, dim: int, table) -> CodeSpace:
+        if isinstance(stats, dict) and prefix in stats:  # imface.io.CodeStats
+            st = stats[prefix]
+            return CodeSpace.from_stats(st.mean, st.basis_std, st.basis, raw_std=st.std)
         if stats is not None and getattr(stats, f"{prefix}_mean", None) is not None:
             return CodeSpace.from_stats(
                 getattr(stats, f"{prefix}_mean"),
@@ -352,6 +358,8 @@ def load_model(path: str | Path | None) -> FaceModel:
             rows = [i for i, lab in enumerate(labels) if lab == label]
             expressions[str(label)] = table[rows].mean(0)
     identities = [] if z_id is None else list(_np(z_id).astype(np.float32))
+    if not expressions and z_exp is not None and len(z_exp) == 0:
+        expressions = {}
     sha = getattr(ckpt, "sha256", None) or file_sha256(path)
     return FaceModel(model, path, sha, True, id_space, exp_space, expressions, identities, ckpt)
 
@@ -359,21 +367,29 @@ def load_model(path: str | Path | None) -> FaceModel:
 # --------------------------------------------------------------------------------------------
 # Meshes: extraction, morphing, refinement (imface.extract)
 # --------------------------------------------------------------------------------------------
-def extract(fm: FaceModel, codes: FaceCodes, resolution: int = 96, cancel=None) -> MeshData:
+# Editor resolutions: the fine grid of `refine` and its coarse pass; previews while dragging
+# when no morph base exists yet. (256^3 is the official grid; on a laptop CPU 128 is interactive.)
+QUALITY = {"draft": (96, 24), "normal": (128, 32), "high": (192, 48), "official": (256, 64)}
+quality = "normal"
+
+
+def extract(fm: FaceModel, codes: FaceCodes, resolution: int | None = None, cancel=None) -> MeshData:
     if hasattr(fm.model, "backend_extract"):  # test double
         return fm.model.backend_extract(codes, resolution)
     face_sdf = _need("imface.extract", "face_sdf", "Mesh extraction")
     ext = _optional("imface.extract")
+    fine, coarse = QUALITY[quality]
+    resolution = resolution or fine
+    check = None if cancel is None else cancel.is_set
     with fm.lock:
         sdf_fn = face_sdf(fm.model, fm.torch_codes(codes))
         if hasattr(ext, "extract_narrow_band"):
-            try:
-                mesh = ext.extract_narrow_band(sdf_fn, resolution=resolution)
-            except TypeError:
-                mesh = ext.extract_dense(sdf_fn, resolution)
+            result = ext.extract_narrow_band(
+                sdf_fn, resolution=resolution, coarse_resolution=min(coarse, resolution), cancel=check
+            )
         else:
-            mesh = ext.extract_dense(sdf_fn, resolution)
-    return _check_mesh(MeshData.from_any(mesh), fm)
+            result = ext.extract_dense(sdf_fn, resolution)
+    return _check_mesh(MeshData.from_any(getattr(result, "mesh", result)), fm)
 
 
 def _check_mesh(mesh: MeshData, fm: FaceModel) -> MeshData:
@@ -390,12 +406,19 @@ def refine(fm: FaceModel, codes: FaceCodes, cancel: threading.Event | None = Non
         return
     ext = _optional("imface.extract")
     if ext is not None and hasattr(ext, "refine"):
-        with fm.lock:
-            for stage, mesh in ext.refine(fm.model, fm.torch_codes(codes), cancel=cancel):
-                if cancel is not None and cancel.is_set():
+        fine, coarse = QUALITY[quality]
+        if fm.band_cache is None and hasattr(ext, "BandCache"):
+            fm.band_cache = ext.BandCache()
+        stream = ext.refine(fm.model, fm.torch_codes(codes), fine, coarse, cancel=cancel, cache=fm.band_cache)
+        while True:  # hold the lock while computing a stage, not while the caller uses it
+            with fm.lock:
+                try:
+                    stage, mesh = next(stream)
+                except StopIteration:
                     return
-                yield stage, _check_mesh(MeshData.from_any(mesh), fm)
-        return
+            if cancel is not None and cancel.is_set():
+                return
+            yield stage, _check_mesh(MeshData.from_any(mesh), fm)
     yield "fine", extract(fm, codes, cancel=cancel)
 
 
@@ -517,27 +540,33 @@ def fit(
     if hasattr(fm.model, "backend_fit"):
         return fm.model.backend_fit(scan, progress, cancel)
     fit_scan = _need("imface.fit", "fit_scan", "Fitting")
+    for module, attr in (("imface.data.align", "align_scan"), ("imface.data.preprocess", "preprocess_mesh"),
+                         ("imface.data.scans", "load_scan")):
+        _need(module, attr, "Fitting")
+    if landmarks is not None:
+        raise Unavailable(
+            "Fitting with hand-picked landmarks is not available in this build "
+            "(imface.fit.fit_scan takes no landmarks)"
+        )
     fit_mod = _optional("imface.fit")
-    config = None
-    cfg_mod = _optional("imface.config")
-    if cfg_mod is not None and hasattr(cfg_mod, "FitConfig"):
-        config = cfg_mod.FitConfig()
+    config = fit_mod.FitConfig() if hasattr(fit_mod, "FitConfig") else None
+    if config is None:
+        cfg_mod = _optional("imface.config")
+        config = cfg_mod.FitConfig() if hasattr(cfg_mod, "FitConfig") else None
 
-    def _progress(iteration, loss, mesh=None):
-        progress(int(iteration), float(loss), None if mesh is None else MeshData.from_any(mesh))
+    def _progress(info, loss=None, mesh=None):
+        if isinstance(info, dict):
+            progress(int(info.get("iteration", 0)), float(info.get("loss", float("nan"))), None,
+                     int(info.get("iterations", 0)))
+        else:
+            progress(int(info), float(loss), None if mesh is None else MeshData.from_any(mesh), 0)
 
     target = scan.handle if scan.handle is not None else scan.path
-    kwargs = dict(progress=_progress, cancel=cancel)
-    if landmarks is not None:
-        kwargs["landmarks"] = landmarks
-    with fm.lock:
-        try:
-            result = fit_scan(fm.model, target, config, **kwargs)
-        except TypeError:
-            if landmarks is None:
-                raise
-            raise Unavailable("Fitting with hand-picked landmarks is not available in this build") from None
-    del fit_mod
+    ckpt = fm.checkpoint if fm.checkpoint is not None else _stats_shim(fm)
+    try:  # no lock: mesh updates go on while the fit runs (inference is thread-safe)
+        result = fit_scan(ckpt, target, config, progress=_progress, cancel=cancel)
+    except getattr(fit_mod, "FitCancelled", ()) as exc:
+        raise FitCancelledError() from exc
     c = result.codes
     codes = FaceCodes(
         _np(c.z_id).astype(np.float32).reshape(-1),
@@ -545,12 +574,31 @@ def fit(
         bool(_np(getattr(c, "neutral", np.zeros(1))).reshape(-1)[0]),
         None if getattr(c, "z_detail", None) is None else _np(c.z_detail).astype(np.float32).reshape(-1),
     )
-    mesh = MeshData.from_any(result.mesh)
+    mesh = MeshData.from_any(getattr(result, "mesh", None) or (result.vertices, result.faces))
     report = dict(getattr(result, "report", {}) or {})
     dist = report.get("distances_mm")
     if dist is None or len(dist) != scan.mesh.vertices.shape[0]:
         dist = residual_mm(scan.mesh.vertices, mesh.vertices, scan.unit_mm)
     return FitOutcome(codes, mesh, np.asarray(dist, np.float32), report)
+
+
+class FitCancelledError(Exception):
+    """The fit stopped because the user cancelled it."""
+
+
+def _stats_shim(fm: FaceModel):
+    """What fit_scan needs from a checkpoint, for an untrained model (mean 0, std 0.01)."""
+    import torch
+    from types import SimpleNamespace
+
+    def stats(space: CodeSpace):
+        return SimpleNamespace(
+            mean=torch.as_tensor(space.mean), std=torch.as_tensor(space.raw_std),
+            basis=torch.as_tensor(space.basis), basis_std=torch.as_tensor(space.std),
+        )
+
+    return SimpleNamespace(model=fm.model, stats={"id": stats(fm.id_space), "exp": stats(fm.exp_space)},
+                           config=fm.model.config)
 
 
 def residual_mm(scan_vertices: np.ndarray, fit_vertices: np.ndarray, unit_mm: float) -> np.ndarray:
@@ -570,10 +618,8 @@ def template_coordinates(fm: FaceModel, codes: FaceCodes, vertices: np.ndarray) 
         return fm.model.backend_template(codes, vertices)
     corr = _optional("imface.correspond")
     if corr is not None and hasattr(corr, "template_coordinates"):
-        import torch
-
         with fm.lock:
-            out = corr.template_coordinates(fm.model, fm.torch_codes(codes), torch.as_tensor(vertices))
+            out = corr.template_coordinates(fm.model, fm.torch_codes(codes), np.asarray(vertices, np.float32))
         return _np(out).astype(np.float32)
     import torch
 
@@ -592,11 +638,14 @@ def texture_colors(template: np.ndarray, mode: str, image: np.ndarray | None = N
     Projection: the template face looks along +z, so (x, y) in [-1, 1] is the texture plane.
     """
     corr = _optional("imface.correspond")
-    if corr is not None and hasattr(corr, "texture_colors"):
-        try:
-            return np.asarray(corr.texture_colors(template, mode, image=image), np.uint8)
-        except Exception:  # noqa: BLE001 - fall back to the local painter
-            pass
+    if corr is not None and hasattr(corr, "paint"):
+        pattern = {"coords": "template", "checker": "checker", "uv": "uv-grid"}.get(mode)
+        if pattern is not None or (mode == "image" and image is not None):
+            rgb = corr.paint(template, pattern or "template", image=image if mode == "image" else None)
+            rgb = np.asarray(rgb)
+            if rgb.dtype != np.uint8:
+                rgb = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+            return rgb[:, :3]
     t = np.asarray(template, np.float32)
     u = np.clip((t[:, 0] + 1) / 2, 0, 1)
     v = np.clip((t[:, 1] + 1) / 2, 0, 1)
@@ -624,6 +673,10 @@ def texture_colors(template: np.ndarray, mode: str, image: np.ndarray | None = N
 
 def match_point(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:
     """Index of B's vertex corresponding to vertex `index` of A (nearest in template space)."""
+    corr = _optional("imface.correspond")
+    if corr is not None and hasattr(corr, "correspondence"):
+        idx, _dist = corr.correspondence(template_a[index : index + 1], template_b)
+        return int(np.asarray(idx).reshape(-1)[0])
     d = np.linalg.norm(template_b - template_a[index][None], axis=1)
     return int(np.argmin(d))
 
@@ -645,12 +698,14 @@ def export_mesh(mesh: MeshData, path: str | Path, unit_mm: float = MODEL_UNIT_MM
         raise UserError(f"{path.name}: unknown export format (use {', '.join(EXPORT_FORMATS)})")
     io = _optional("imface.io")
     verts_mm = mesh.vertices.astype(np.float64) * unit_mm
-    if io is not None and hasattr(io, "export_mesh"):
+    if io is not None and hasattr(io, "save_mesh"):
         try:
-            io.export_mesh(path, verts_mm.astype(np.float32), mesh.faces, colors=mesh.colors)
-            return _export_note(path, fmt, mesh)
-        except TypeError:
-            pass
+            io.save_mesh(path, verts_mm.astype(np.float32), mesh.faces, colors=mesh.colors)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{path.name}: cannot be written ({exc})") from exc
+        return _export_note(path, fmt, mesh)
     import trimesh
 
     colors = None
@@ -673,6 +728,16 @@ def _export_note(path: Path, fmt: str, mesh: MeshData) -> str:
 
 def export_rig(fm: FaceModel, codes: FaceCodes, folder: str | Path) -> str:
     gen = _optional("imface.generate")
+    if gen is not None and hasattr(gen, "export_rig") and hasattr(gen, "expression_codes"):
+        if fm.checkpoint is None:
+            raise UserError("the expression rig needs a trained checkpoint (its expression codes)")
+        import torch
+
+        with fm.lock:
+            expressions = gen.expression_codes(fm.checkpoint)
+            manifest = gen.export_rig(fm.model, torch.as_tensor(codes.z_id).reshape(-1), expressions, Path(folder))
+        n = len(manifest.get("expressions", [])) if isinstance(manifest, dict) else len(expressions)
+        return f"Expression rig ({n} expressions + neutral) written to {folder}: OBJ in mm, rig.glb in m"
     func = None
     for name in ("export_rig", "write_rig", "expression_rig"):
         if gen is not None and hasattr(gen, name):

@@ -408,11 +408,11 @@ class MainWindow(QMainWindow):
         def work(job: Job):
             last = [0.0]
 
-            def progress(it, loss, mesh):
+            def progress(it, loss, mesh, total=0):
                 now = time.monotonic()
-                if mesh is not None or now - last[0] > 0.05:
+                if mesh is not None or now - last[0] > 0.05 or (total and it >= total):
                     last[0] = now
-                    job.report((it, loss, mesh))
+                    job.report((it, loss, mesh, total))
                 elif job.cancelled:
                     raise_cancel()
 
@@ -454,8 +454,11 @@ class MainWindow(QMainWindow):
             self.fit_job.cancel()
 
     def _fit_progress(self, payload):
-        it, loss, mesh = payload
+        it, loss, mesh, total = payload
         self.fit_panel.on_progress(it, loss)
+        if total:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(it, total))
         self.progress.setFormat(f"Fitting: iteration {it}, loss {loss:.3g}")
         if mesh is not None:
             self._fit_meshes += 1
