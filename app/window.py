@@ -3,6 +3,7 @@ and cancel, drag and drop, recent files, undo/redo, confirmation on close while 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,13 @@ class MainWindow(QMainWindow):
         self._render_pending = False
         self._fit_meshes = 0
         self._closed = False
+        self._fit_pending: list = []
+        self._fit_total = 0
+        self._fit_mesh_shown = 0.0
+        self._fit_flush = QTimer(self)
+        self._fit_flush.setSingleShot(True)
+        self._fit_flush.setInterval(200)
+        self._fit_flush.timeout.connect(self._flush_fit_progress)
 
         self.doc = Document(face_model, self)
         self.jobs = JobManager(self)
@@ -403,7 +411,6 @@ class MainWindow(QMainWindow):
         self.fit_panel.result_label.setText("fitting...")
         self._fit_meshes = 0
         self.progress.setRange(0, 0)
-        import time
 
         def work(job: Job):
             last = [0.0]
@@ -424,6 +431,7 @@ class MainWindow(QMainWindow):
             return backend.fit(fm, scan, progress, job.cancel_event, landmarks=lm)
 
         def ok(outcome):
+            self._flush_fit_progress()
             self.fit_job = None
             if self.doc.face_model is not fm or self.doc.scan is not scan:
                 self.set_status("Fit finished for a scan or model that is no longer open: ignored")
@@ -454,18 +462,32 @@ class MainWindow(QMainWindow):
             self.fit_job.cancel()
 
     def _fit_progress(self, payload):
-        it, loss, mesh, total = payload
-        self.fit_panel.on_progress(it, loss)
-        if total:
-            self.progress.setRange(0, total)
-            self.progress.setValue(min(it, total))
-        self.progress.setFormat(f"Fitting: iteration {it}, loss {loss:.3g}")
-        if mesh is not None:
+        """Progress arrives often; panel repaints are throttled to ~5 Hz (each repaint of a window
+        holding an OpenGL widget costs a composition, tens of ms with software GL)."""
+        self._fit_pending.append(payload[:2])
+        self._fit_total = payload[3] or self._fit_total
+        if not self._fit_flush.isActive():
+            self._fit_flush.start()
+        mesh = payload[2]
+        now = time.monotonic()
+        if mesh is not None and now - self._fit_mesh_shown > 1.0:  # live fit mesh at <= 1 Hz
+            self._fit_mesh_shown = now
             self._fit_meshes += 1
             if not self.viewport.update_points("fit", mesh.vertices):
                 self.viewport.set_mesh("fit", mesh, opacity=0.6)
                 self.viewport.set_visible("fit", self.view_mode == "scan")
             self.schedule_render()
+
+    def _flush_fit_progress(self):
+        pending, self._fit_pending = self._fit_pending, []
+        if not pending:
+            return
+        self.fit_panel.on_progress_many(pending)
+        it = pending[-1][0]
+        self.progress.setFormat(f"Fitting: iteration {it}, loss {pending[-1][1]:.3g}")
+        if self._fit_total:
+            self.progress.setRange(0, self._fit_total)
+            self.progress.setValue(min(it, self._fit_total))
 
     def _fit_changed(self):
         fit = self.doc.fit

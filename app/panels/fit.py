@@ -68,6 +68,15 @@ class FitPanel(QWidget):
         self.loss_label.setText(f"{loss:.4g}")
         self.plot.add(iteration, loss)
 
+    def on_progress_many(self, items):
+        for iteration, loss in items:
+            self.plot.series.setdefault("loss", [])
+            if loss == loss and loss > 0:
+                self.plot.series["loss"].append((float(iteration), float(loss)))
+        self.iter_label.setText(str(items[-1][0]))
+        self.loss_label.setText(f"{items[-1][1]:.4g}")
+        self.plot.update()
+
     def prompt_landmark(self, k: int):
         if k < len(LANDMARK_NAMES):
             self.pick_label.setText(f"Right-click the {LANDMARK_NAMES[k]} ({k + 1}/5) on the scan.")
