@@ -108,7 +108,7 @@ def fit_codes(
             optimizer.zero_grad(set_to_none=True)
             per_restart.sum().backward()
             optimizer.step()
-            best = float(per_restart.min())
+            best = float(per_restart.detach().min())
             history.append(best)
             if progress is not None:
                 progress({"iteration": it + 1, "iterations": cfg.iterations, "loss": best})

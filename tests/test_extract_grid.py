@@ -83,7 +83,6 @@ def test_band_reuse_falls_back_when_surface_leaves_band():
     same_mesh(again.mesh, extract_dense(far, resolution=65))
 
 
-
 def _fake_face_sdf(monkeypatch, fn, calls):
     def fake(model, codes, detail=True):
         def sdf(p):
@@ -125,7 +124,10 @@ def test_refine_stops_promptly_when_cancelled(monkeypatch):
     calls.clear()
     counter = iter(range(10**6))
     stop_after_three = lambda: next(counter) >= 3  # noqa: E731
-    assert list(refine(_Model(), None, resolution=65, coarse_resolution=17, cancel=stop_after_three, chunk=500)) == []
+    assert (
+        list(refine(_Model(), None, resolution=65, coarse_resolution=17, cancel=stop_after_three, chunk=500))
+        == []
+    )
     assert len(calls) == 3
 
 

@@ -69,7 +69,13 @@ def test_nonlinear_warp_converges_with_warm_start():
         new = codes([step, 0.01])
         result = engine.morph(new)
         assert result.failed == 0
-        warped = rotate_z(torch.from_numpy(result.vertices), torch.tensor(step) * torch.from_numpy(result.vertices).pow(2).sum(-1)) + 0.01
+        warped = (
+            rotate_z(
+                torch.from_numpy(result.vertices),
+                torch.tensor(step) * torch.from_numpy(result.vertices).pow(2).sum(-1),
+            )
+            + 0.01
+        )
         assert (warped - target).norm(dim=-1).max() < 2e-5
     again = engine.morph(codes([0.6, 0.01]))  # warm start: already converged, one evaluation
     assert again.iterations == 1

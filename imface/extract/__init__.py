@@ -12,6 +12,13 @@ CLI: `python -m imface extract ...` and `python -m imface export-topology --reso
 
 from __future__ import annotations
 
+from imface.extract.cli import (
+    add_export_topology_arguments,
+    add_extract_arguments,
+    run_export_topology,
+    run_extract,
+    save_mesh,
+)
 from imface.extract.grid import (
     BandResult,
     BandState,
@@ -26,13 +33,6 @@ from imface.extract.grid import (
 )
 from imface.extract.morph import MorphEngine, MorphResult, warp_jacobian
 from imface.extract.stream import BandCache, LatestValue, face_sdf, refine, template_sdf
-from imface.extract.cli import (
-    add_export_topology_arguments,
-    add_extract_arguments,
-    run_export_topology,
-    run_extract,
-    save_mesh,
-)
 
 __all__ = [
     "BandCache",

@@ -263,7 +263,9 @@ class CoarseStage:
     mesh: Mesh
 
 
-def coarse_stage(sdf_fn, resolution, coarse_resolution, bound=1.0, chunk=DEFAULT_CHUNK, device="cpu", cancel=None):
+def coarse_stage(
+    sdf_fn, resolution, coarse_resolution, bound=1.0, chunk=DEFAULT_CHUNK, device="cpu", cancel=None
+):
     stride = _stride(resolution, coarse_resolution)
     h = 2.0 * bound / (resolution - 1)
     coarse = _coarse_pass(sdf_fn, resolution, bound, stride, chunk, cancel, device)

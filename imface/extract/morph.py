@@ -55,9 +55,7 @@ def warp_jacobian(fn: WarpFn, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
     with torch.enable_grad():
         probe = x.detach().requires_grad_(True)
         warped, delta = fn(probe)
-        rows = [
-            torch.autograd.grad(warped[:, k].sum(), probe, retain_graph=k < 2)[0] for k in range(3)
-        ]
+        rows = [torch.autograd.grad(warped[:, k].sum(), probe, retain_graph=k < 2)[0] for k in range(3)]
     jac = torch.stack(rows, dim=1)  # (N, 3, 3): jac[n, k, :] = d warped_k / d x
     return jac, warped.detach(), None if delta is None else delta.detach()
 

@@ -1,0 +1,136 @@
+"""Command line: info, generate, rig, correspond on a small checkpoint; clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from imface.cli import main
+from imface.io import TrainedCodes, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(face_model, tmp_path_factory):
+    cfg = face_model.config
+    gen = torch.Generator().manual_seed(0)
+    codes = TrainedCodes(
+        z_id=torch.randn(3, cfg.id_dim, generator=gen) * 0.3,
+        z_exp=torch.randn(4, cfg.exp_dim, generator=gen) * 0.3,
+        identity_labels=["001", "002", "003"],
+        expression_labels=["2_smile", "16_grin", "2_smile", "3_mouth_stretch"],
+    )
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", face_model, codes, {"step": 1})
+
+
+def test_info_prints_the_checkpoint_summary(checkpoint, capsys):
+    assert main(["info", str(checkpoint)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["identities"] == 3 and summary["expression_codes"] == 4
+
+
+def test_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x80\x04not really")
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "broken.safetensors" in err and "\n" not in err
+
+
+def test_generate_writes_meshes_in_mm_with_their_codes(checkpoint, tmp_path):
+    out = tmp_path / "gen"
+    assert (
+        main(
+            ["generate", "--checkpoint", str(checkpoint), "--n", "2", "--out", str(out), "--resolution", "40"]
+        )
+        == 0
+    )
+    meshes = sorted(out.glob("face_*.ply"))
+    assert len(meshes) == 2
+    mesh = trimesh.load(meshes[0], process=False)
+    assert 50 < np.ptp(mesh.vertices, axis=0).max() < 250  # a face-sized object in mm
+    codes = json.loads((out / "face_000.json").read_text())
+    assert len(codes["z_id"]) == 10
+
+
+def test_rig_and_transfer(checkpoint, tmp_path):
+    out = tmp_path / "rig"
+    assert (
+        main(
+            [
+                "rig",
+                "--checkpoint",
+                str(checkpoint),
+                "--identity",
+                "1",
+                "--out",
+                str(out),
+                "--resolution",
+                "40",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "rig.json").read_text())
+    assert manifest["expressions"] == ["2_smile", "3_mouth_stretch", "16_grin"]  # FaceScape order
+    shapes = {
+        trimesh.load(out / f"{name}.ply", process=False).vertices.shape
+        for name in ["1_neutral", *manifest["expressions"]]
+    }
+    assert len(shapes) == 1  # one shared topology
+    assert (out / "rig.glb").stat().st_size > 0
+    codes = tmp_path / "a.json"
+    codes.write_text(json.dumps({"z_id": [0.1] * 10, "z_exp": [0.2] * 10}))
+    assert (
+        main(
+            [
+                "rig",
+                "--checkpoint",
+                str(checkpoint),
+                "--codes",
+                str(codes),
+                "--expression-from",
+                str(codes),
+                "--out",
+                str(out),
+                "--resolution",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert (out / "transfer.ply").exists()
+    assert main(["rig", "--checkpoint", str(checkpoint), "--identity", "7", "--out", str(out)]) == 1
+
+
+def test_correspond_two_code_files(checkpoint, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"z_id": [0.2] * 10, "z_exp": [0.0] * 10}))
+    b.write_text(json.dumps({"z_id": [-0.2] * 10, "z_exp": [0.3] * 10}))
+    out = tmp_path / "corr"
+    assert (
+        main(
+            [
+                "correspond",
+                str(a),
+                str(b),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--resolution",
+                "40",
+                "--pattern",
+                "checker",
+            ]
+        )
+        == 0
+    )
+    mapping = np.load(out / "a_to_b.npy")
+    mesh_a = trimesh.load(out / "a.ply", process=False)
+    assert len(mapping) == len(mesh_a.vertices)
+    assert len(np.unique(mesh_a.visual.vertex_colors[:, :3], axis=0)) == 2
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"z_id": [0.0] * 3, "z_exp": [0.0] * 3}))
+    assert main(["correspond", str(wrong), str(b), "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
