@@ -67,7 +67,7 @@ def run(argv: list[str] | None = None) -> int:
             QTest.qWait(10)  # a real event loop (timers fire), like the user's session
         return cond()
 
-    ok = pump(lambda: w.doc.mesh is not None and not w.pipeline._box._has, 120)
+    ok = pump(lambda: w.doc.mesh is not None and "fine" in w.status_label.text(), 120)
     pump(lambda: False, 0.5)
     result["first_mesh"] = ok
     # move a slider like a user: press, drag, release

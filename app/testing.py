@@ -7,6 +7,7 @@ trained network; the editor itself never shows it.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -82,7 +83,7 @@ def fake_face_model(**kw) -> FaceModel:
     exp = {"2_smile": np.full(d, 0.05, np.float32), "3_mouth_stretch": np.full(d, -0.05, np.float32),
            "1_neutral": np.zeros(d, np.float32)}
     return FaceModel(
-        model=net, path=None, sha256="fake-sha", trained=True,
+        model=net, path=Path("analytic test double"), sha256="fake-sha", trained=True,
         id_space=CodeSpace.from_stats(np.zeros(d), np.full(d, 0.05), basis.T.astype(np.float32)),
         exp_space=CodeSpace.from_stats(np.zeros(d), np.full(d, 0.05), np.eye(d)),
         expression_codes=exp,

@@ -187,7 +187,7 @@ class Viewport(QObject):
             return
         self.plotter.view_xy()
         self.plotter.reset_camera()
-        self.plotter.camera.zoom(1.2)
+        self.plotter.camera.zoom(1.0 if "other" in self.data else 1.2)
         self._camera_set = True
 
     def render(self):

@@ -111,10 +111,17 @@ class MainWindow(QMainWindow):
         for name in ("Correspondence", "Training", "Export"):
             self.tabifyDockWidget(self.docks["Fit"], self.docks[name])
         self.docks["Fit"].raise_()
-        QTimer.singleShot(0, self._size_docks)
+        self._docks_sized = False
+
+    def showEvent(self, event):  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._docks_sized:
+            self._docks_sized = True
+            QTimer.singleShot(0, self._size_docks)
 
     def _size_docks(self):
-        self.resizeDocks([self.docks["Morph"], self.docks["Fit"]], [330, 330], Qt.Orientation.Horizontal)
+        """Give the 3D view the room: docks about 330 px each."""
+        self.resizeDocks([self.docks["Morph"], self.docks["Fit"]], [330, 340], Qt.Orientation.Horizontal)
 
     def _build_status(self):
         sb = self.statusBar()
@@ -158,6 +165,12 @@ class MainWindow(QMainWindow):
         self._action(v, "Reset &camera", self._reset_camera, "Ctrl+Shift+R")
         self._action(v, "Show &face", lambda: self.set_view_mode("face"), "F1")
         self._action(v, "Show &scan and fit", lambda: self.set_view_mode("scan"), "F2")
+        q = v.addMenu("Mesh &quality")
+        for name, (fine, coarse) in backend.QUALITY.items():
+            a = q.addAction(f"{name} ({fine}^3 grid, coarse {coarse}^3)")
+            a.setCheckable(True)
+            a.setChecked(name == backend.quality)
+            a.triggered.connect(lambda _c=False, n=name, m=q: self.set_quality(n, m))
         v.addSeparator()
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
@@ -305,6 +318,14 @@ class MainWindow(QMainWindow):
     def _render_now(self):
         self._render_pending = False
         self.viewport.render()
+
+    def set_quality(self, name: str, menu=None):
+        backend.quality = name
+        self.doc.face_model.band_cache = None
+        if menu is not None:
+            for a in menu.actions():
+                a.setChecked(a.text().startswith(name + " "))
+        self.request_mesh(live=False)
 
     def _reset_camera(self):
         self.viewport.reset_camera()

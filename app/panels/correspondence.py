@@ -15,6 +15,12 @@ MODES = {
 }
 
 
+def _wrapped(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
 class CorrespondencePanel(QWidget):
     modeRequested = pyqtSignal(str)
     compareToggled = pyqtSignal(bool)
@@ -24,7 +30,7 @@ class CorrespondencePanel(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(QLabel("Colours are painted in template space, so they follow the face "
+        lay.addWidget(_wrapped("Colours are painted in template space, so they follow the face "
                              "through morphs and onto fitted scans."))
         self.mode = QComboBox()
         self.mode.setObjectName("color_mode")

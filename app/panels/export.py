@@ -6,6 +6,12 @@ from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 
+def _wrapped(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
 class ExportPanel(QWidget):
     meshRequested = pyqtSignal()
     rigRequested = pyqtSignal()
@@ -15,7 +21,7 @@ class ExportPanel(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(QLabel("Meshes are written in millimetres (model units x 100).\n"
+        lay.addWidget(_wrapped("Meshes are written in millimetres (model units x 100).\n"
                              "OBJ, PLY and GLB keep the vertex colours; STL has none."))
         for text, sig in (("Export mesh...", self.meshRequested),
                           ("Export expression rig (20 FaceScape expressions)...", self.rigRequested),
