@@ -802,6 +802,8 @@ class MainWindow(QMainWindow):
         if self.busy():
             if self.confirm_close is not None:
                 ok = self.confirm_close()
+            elif self.quiet:  # tests / scripted runs: never block on a modal question
+                ok = True
             else:
                 ok = QMessageBox.question(
                     self, "Jobs are running",

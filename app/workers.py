@@ -27,6 +27,16 @@ class Cancelled(Exception):
     pass
 
 
+def lower_thread_priority(nice: int = 5):
+    """Background threads yield the CPU to the GUI thread (Linux: per-thread nice)."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+
+
 class Job(QObject):
     """One cancellable background task. `fn(job)` runs in a thread; it calls `job.report(...)`
     for progress and checks `job.cancelled` (or passes `job.cancel_event` on)."""
@@ -65,6 +75,7 @@ class Job(QObject):
         self.thread.start()
 
     def _run(self):
+        lower_thread_priority()
         try:
             result = self.fn(self)
             if self.cancelled:
@@ -198,6 +209,7 @@ class MeshPipeline(QObject):
         self._thread.join(5)
 
     def _loop(self):
+        lower_thread_priority(2)
         while True:
             item = self._box.take()
             if item is None:

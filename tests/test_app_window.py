@@ -30,6 +30,7 @@ def window(qtbot, tmp_path):
         w = MainWindow(fake_face_model(**kw), use_3d=False,
                        settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
         w.quiet = True
+        w.confirm_close = lambda: True
         qtbot.addWidget(w)
         w.show()
         qtbot.waitUntil(lambda: w.doc.mesh is not None, timeout=5000)
@@ -171,7 +172,7 @@ def test_close_asks_while_jobs_run(window, qtbot):
     release = threading.Event()
     w.run_job("Long", lambda job: release.wait(5) or job.cancelled, lambda r: None)
     asked = []
-    w.confirm_close = lambda: asked.append(1) or False
+    w.confirm_close = lambda: asked.append(1) or False  # the user says "no"
     w.close()
     assert asked and w.isVisible()
     release.set()
