@@ -219,7 +219,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--split", choices=["test", "train"], default="test")
     parser.add_argument("--json", required=True, help="output JSON (a .md table is written beside it)")
-    parser.add_argument("--test-identities", type=float, help="default: the checkpoint's training split")
+    parser.add_argument(
+        "--test-identities",
+        type=float,
+        help="re-split (count or fraction); default: people the model never saw",
+    )
     parser.add_argument("--limit", type=int, help="evaluate at most this many scans")
     parser.add_argument("--iterations", type=int, default=150, help="fitting iterations per scan")
     parser.add_argument("--resolution", type=int, default=128)
@@ -232,10 +236,10 @@ def run(args) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     corpus = Corpus.open(args.corpus)
-    held_out = (
-        args.test_identities if args.test_identities is not None else ckpt.meta.get("test_identities", 0.2)
-    )
-    train_keys, test_keys = corpus.split(held_out, int(ckpt.meta.get("seed", 0)))
+    if args.test_identities is not None:
+        train_keys, test_keys = corpus.split(args.test_identities, int(ckpt.meta.get("seed", 0)))
+    else:  # the people the checkpoint was not trained on
+        train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
     keys = test_keys if args.split == "test" else train_keys
     if args.limit:
         keys = _spread(keys, args.limit)

@@ -48,7 +48,7 @@ def _training_points(n: int, generator: torch.Generator) -> Tensor:
 
 
 def fit_template(model: ImFace, steps: int = 300, points: int = 4096, lr: float = 3e-4, seed: int = 0):
-    """Overfit TempNet to the toy face (L1 on the clamped SDF + eikonal-free; a few hundred steps)."""
+    """Overfit TempNet to the toy face: L1 on the clamped SDF, a few hundred Adam steps."""
     gen = torch.Generator().manual_seed(seed)
     params = list(model.template_field.parameters())
     opt = torch.optim.Adam(params, lr=lr)
@@ -126,25 +126,37 @@ def sample_codes(config: ModelConfig, seed: int = 0, std: float = 0.3, faces: in
 
 
 # -- metrics --------------------------------------------------------------------------------
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """Area-weighted uniform points on a triangle mesh."""
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0):
+    """Area-weighted uniform points on a triangle mesh -> (points (N, 3), unit normals (N, 3))."""
     rng = np.random.default_rng(seed)
     tri = vertices[faces].astype(np.float64)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area = 0.5 * np.linalg.norm(cross, axis=1)
     pick = rng.choice(len(faces), size=count, p=area / area.sum())
     u, v = rng.random(count), rng.random(count)
     flip = u + v > 1
     u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
     t = tri[pick]
-    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    normals = cross[pick] / np.maximum(2 * area[pick], 1e-12)[:, None]
+    return points, normals
+
+
+def _point_to_surface(points: np.ndarray, mesh, count: int, seed: int) -> np.ndarray:
+    """Distance from points to a mesh, point-to-plane against a dense sampling of it: the nearest
+    sample's tangent plane, so the result has no sampling floor (plain point-to-point Chamfer
+    between two samplings of one surface is ~0.3 mm at 100 k points)."""
+    from scipy.spatial import cKDTree
+
+    ref, normals = sample_surface(mesh.vertices, mesh.faces, count, seed)
+    _, idx = cKDTree(ref).query(points)
+    return np.abs(((points - ref[idx]) * normals[idx]).sum(-1))
 
 
 def chamfer_mm(a, b, count: int = 100_000, seed: int = 0) -> float:
-    """Symmetric Chamfer-L1 between two meshes (objects with .vertices/.faces) in millimetres."""
-    from scipy.spatial import cKDTree
-
-    pa = sample_surface(a.vertices, a.faces, count, seed)
-    pb = sample_surface(b.vertices, b.faces, count, seed + 1)
-    d_ab = cKDTree(pb).query(pa)[0].mean()
-    d_ba = cKDTree(pa).query(pb)[0].mean()
-    return float(0.5 * (d_ab + d_ba) * 100.0)  # 1 model unit = 100 mm
+    """Symmetric Chamfer-L1 (point-to-plane) between two meshes in millimetres (1 unit = 100 mm)."""
+    pa, _ = sample_surface(a.vertices, a.faces, count, seed)
+    pb, _ = sample_surface(b.vertices, b.faces, count, seed + 1)
+    d_ab = _point_to_surface(pa, b, 4 * count, seed + 2).mean()
+    d_ba = _point_to_surface(pb, a, 4 * count, seed + 3).mean()
+    return float(0.5 * (d_ab + d_ba) * 100.0)

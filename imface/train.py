@@ -378,6 +378,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
     parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
 
 
@@ -417,7 +418,7 @@ def run(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
     meta = {"corpus": str(args.corpus), "test_identities": args.test_identities}
-    trainer = Trainer(cfg, data, run_dir, env, meta=meta)
+    trainer = Trainer(cfg, data, run_dir, env, log_every=args.log_every, meta=meta)
     if args.resume:
         trainer.resume()
     try:

@@ -125,7 +125,16 @@ def test_refine_stops_promptly_when_cancelled(monkeypatch):
     counter = iter(range(10**6))
     stop_after_three = lambda: next(counter) >= 3  # noqa: E731
     assert (
-        list(refine(_Model(), None, resolution=65, coarse_resolution=17, cancel=stop_after_three, chunk=500))
+        list(
+            refine(
+                _Model(),
+                None,
+                resolution=65,
+                coarse_resolution=17,
+                cancel=stop_after_three,
+                chunk=500,
+            )
+        )
         == []
     )
     assert len(calls) == 3

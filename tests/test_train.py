@@ -1,5 +1,12 @@
 """Auto-decoder training: losses go down, resume is exact, checkpoints load."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,58 +16,54 @@ from imface.io import load_checkpoint
 from imface.train import MODEL_FILE, STATE_FILE, Dist, Trainer
 
 
-class SphereCorpus:
-    """A stand-in for a prepared corpus: each identity a sphere, each expression a shift of it."""
-
-    root = "spheres"
-
-    def __init__(self, identities=2, expressions=3, surface=512, space=256):
-        rng = np.random.default_rng(0)
-        self.scans, self.arrays = [], {}
-        for i in range(identities):
-            radius = 0.35 + 0.1 * i
-            for e in range(expressions):
-                key = f"{i:03d}/{e + 1}_expr"
-                centre = np.array([0.0, 0.05 * e, 0.0])
-                self.scans.append(
-                    {"key": key, "identity": f"{i:03d}", "expression": f"{e + 1}_expr", "neutral": e == 0}
-                )
-                self.arrays[key] = self._samples(rng, centre, radius, surface, space)
-
-    @staticmethod
-    def _samples(rng, centre, radius, surface, space):
-        normals = rng.normal(size=(surface, 3))
-        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-        points = rng.uniform(-1, 1, size=(space, 3))
-        directions = np.array([[-1, 1, 1], [1, 1, 1], [0, 0, 1], [-1, -1, 1], [1, -1, 1]], float)
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        return {
-            "surface_points": (centre + radius * normals).astype(np.float32),
-            "surface_normals": normals.astype(np.float32),
-            "space_points": points.astype(np.float32),
-            "space_sdf": (np.linalg.norm(points - centre, axis=1) - radius).astype(np.float32),
-            "landmarks5": (centre + radius * directions).astype(np.float32),
-        }
-
-    def load(self, key):
-        return self.arrays[key]
+def sphere_samples(rng, centre, radius, surface=512, space=256):
+    """SDF samples of a sphere, as `prepare` would write them for a scan."""
+    normals = rng.normal(size=(surface, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    points = rng.uniform(-1, 1, size=(space, 3))
+    directions = np.array([[-1, 1, 1], [1, 1, 1], [0, 0, 1], [-1, -1, 1], [1, -1, 1]], float)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    distance = np.linalg.norm(points - centre, axis=1)
+    return {
+        "surface_points": (centre + radius * normals).astype(np.float32),
+        "surface_normals": normals.astype(np.float32),
+        "space_points": points.astype(np.float32),
+        "space_sdf": (distance - radius).astype(np.float32),
+        "space_grad": ((points - centre) / distance[:, None]).astype(np.float32),
+        "landmarks5": (centre + radius * directions).astype(np.float32),
+    }
 
 
-def sphere_training_set():
+def write_sphere_cache(root, identities=2, expressions=3):
+    """A real prepared cache whose people are spheres and whose expressions shift them."""
+    from imface.data.corpus import write_index, write_scan
+
+    rng = np.random.default_rng(0)
+    for i in range(identities):
+        for e in range(expressions):
+            key = f"{i:03d}/{e + 1}_expr"
+            record = {
+                "key": key,
+                "identity": f"{i:03d}",
+                "expression": f"{e + 1}_expr",
+                "neutral": e == 0,
+                "dir": key,
+            }
+            arrays = sphere_samples(rng, np.array([0.0, 0.05 * e, 0.0]), 0.35 + 0.1 * i)
+            write_scan(root, record, arrays, np.eye(4))
+    write_index(root, "spheres")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sphere_cache(tmp_path_factory):
+    return write_sphere_cache(tmp_path_factory.mktemp("cache"))
+
+
+def sphere_training_set(cache):
     from imface.train import TrainingSet
 
-    corpus = SphereCorpus()
-    keys = [r["key"] for r in corpus.scans]
-    records = {r["key"]: r for r in corpus.scans}
-    names = sorted({r["identity"] for r in corpus.scans})
-    identity_of_scan = np.array([names.index(records[k]["identity"]) for k in keys])
-    exp_index, labels = np.full(len(keys), -1), []
-    for i, k in enumerate(keys):
-        if not records[k]["neutral"]:
-            exp_index[i] = len(labels)
-            labels.append(records[k]["expression"])
-    neutral = TrainingSet._neutral_landmarks(corpus, keys, records, identity_of_scan, len(names))
-    return TrainingSet(corpus, keys, names, identity_of_scan, exp_index, labels, neutral)
+    return TrainingSet.open(cache, test_identities=0, seed=0)
 
 
 def tiny_config(**overrides):
@@ -71,8 +74,8 @@ def tiny_config(**overrides):
     return cfg
 
 
-def test_training_reduces_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
-    trainer = Trainer(tiny_config(epochs=40), sphere_training_set(), tmp_path, Dist())
+def test_training_reduces_the_loss_and_saves_a_loadable_checkpoint(tmp_path, sphere_cache):
+    trainer = Trainer(tiny_config(epochs=40), sphere_training_set(sphere_cache), tmp_path, Dist())
     records = []
     trainer.log_every = 1
     trainer.run(max_steps=60, progress=records.append)
@@ -91,21 +94,92 @@ def test_training_reduces_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("detail", [False, True])
-def test_resume_continues_exactly(tmp_path, detail):
+def test_resume_continues_exactly(tmp_path, detail, sphere_cache):
     cfg = tiny_config(epochs=10)
     cfg.model.detail = detail
-    full = Trainer(cfg, sphere_training_set(), tmp_path / "full", Dist())
+    full = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "full", Dist())
     (tmp_path / "full").mkdir()
     full.run(max_steps=6)
 
     (tmp_path / "split").mkdir()
-    first = Trainer(cfg, sphere_training_set(), tmp_path / "split", Dist())
+    first = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "split", Dist())
     first.run(max_steps=3)
     assert (tmp_path / "split" / STATE_FILE).exists()
-    second = Trainer(cfg, sphere_training_set(), tmp_path / "split", Dist())
+    second = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "split", Dist())
     assert second.resume() and second.step == 3
     second.run(max_steps=6)
     for (name, a), b in zip(
         full.decoder.state_dict().items(), second.decoder.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def _train_command(cache, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "imface",
+        "train",
+        "--corpus",
+        str(cache),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--test-identities",
+        "0",
+        "--points-per-scan",
+        "128",
+        "--scans-per-batch",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def test_two_torchrun_processes_on_gloo(tmp_path, sphere_cache):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += _train_command(sphere_cache, out, "--max-steps", "4")[1:]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_checkpoint(out / MODEL_FILE)
+    assert ckpt.meta["step"] == 4
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records and all(np.isfinite(r["total"]) for r in records)
+
+
+def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path, sphere_cache):
+    out = tmp_path / "killed"
+    cmd = _train_command(
+        sphere_cache, out, "--max-steps", "400", "--checkpoint-every", "3", "--log-every", "1"
+    )
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill somewhere after a few checkpoints, mid-interval
+        if log.exists() and len(log.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = len(log.read_text().splitlines())
+    resumed = subprocess.run(
+        _train_command(sphere_cache, out, "--resume", "--max-steps", str(logged + 2), "--log-every", "1"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    first_resumed = steps[logged]
+    assert logged - 3 <= first_resumed - 1 <= logged  # lost at most one checkpoint interval
+    assert steps[logged:] == list(range(first_resumed, logged + 3))  # every step after the checkpoint again
+    assert load_checkpoint(out / MODEL_FILE).meta["step"] == logged + 2

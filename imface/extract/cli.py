@@ -70,7 +70,9 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("band", "dense"), default="band")
     parser.add_argument("--coarse-resolution", type=int, default=64)
     parser.add_argument(
-        "--topology", default=None, help="morph this mesh (from export-topology) instead of extracting"
+        "--topology",
+        default=None,
+        help="morph this mesh (from export-topology) instead of extracting",
     )
 
 

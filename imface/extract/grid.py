@@ -239,7 +239,7 @@ def extract_narrow_band(
 ) -> BandResult:
     """Coarse dense pass, then the fine grid only in blocks near the surface.
 
-    band: |sdf| threshold on a block's corners (default: the block diagonal; blocks whose corners
+    band: |sdf| threshold on a block's corners (default: 0.75 block diagonals; blocks whose corners
     change sign are always refined). previous: the state of an extraction for nearby codes; its
     band is tried first (see `reuse_band`) and the coarse pass only runs when that check fails.
     """
@@ -275,7 +275,9 @@ def coarse_stage(
 def fine_stage(sdf_fn, stage: CoarseStage, band=None, chunk=DEFAULT_CHUNK, device="cpu", cancel=None):
     resolution, bound, stride, coarse = stage.resolution, stage.bound, stage.stride, stage.values
     h = 2.0 * bound / (resolution - 1)
-    threshold = band if band is not None else stride * h * math.sqrt(3.0)
+    # A surface point inside a block is within half a diagonal of its nearest corner (exact SDF);
+    # 0.75 of the diagonal leaves margin for networks whose SDF is not exactly a distance.
+    threshold = band if band is not None else 0.75 * stride * h * math.sqrt(3.0)
     mask = _blocks_to_samples(_active_blocks(coarse, threshold), resolution, stride)
     volume = _upsample(coarse, resolution, stride)
     # Samples on the coarse grid are known already; evaluate the rest of the band.

@@ -51,7 +51,7 @@ def _batched(fn: WarpFn, x: Tensor, chunk: int) -> tuple[Tensor, Tensor | None]:
 
 def warp_jacobian(fn: WarpFn, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-point 3x3 Jacobians of a pointwise warp: one forward and three backward passes
-    (each output row of every point depends on that point only, so a summed gradient is per point)."""
+    (each output of a point depends on that point only, so a summed gradient is per point)."""
     with torch.enable_grad():
         probe = x.detach().requires_grad_(True)
         warped, delta = fn(probe)

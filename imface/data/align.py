@@ -1,0 +1,419 @@
+"""Scan frame -> model frame: automatic alignment, landmark alignment, and the transform record.
+
+The model frame: 1 unit = 100 mm, face looking +z, y up, nose tip at (0, 0, 0.4). Every
+alignment is a similarity ``x_model = s R x_scan + t`` kept as a 4x4 matrix, so any result in the
+model frame can be taken back to the scan's own frame and unit (``Alignment.to_scan``).
+
+Automatic alignment (no landmarks): the scan's unit gives the scale (guessed from its size unless
+given; a free-scale fit overrides it only when far off). 300 rotations covering SO(3), each with
+one of the scan's two most forward bumps on the template nose tip, run a short trimmed
+point-to-plane ICP (batched) against the template face (resources/template_face.npz, the average Anny
+face); the best 8 run a longer one; the winner is refined on the upper face (above the upper
+lip), which expressions hardly move. The nose tip is then snapped to
+(0, 0, 0.4) (noses differ in length, ICP fits the whole face). A face that fits badly (RMS
+residual or too few template points matched) is refused: it is not a face, or not one we can
+place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from imface.data.scans import UNITS, guess_unit
+from imface.errors import MeshError
+
+TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
+NOSE = np.array([0.0, 0.0, 0.4])
+MODEL_UNIT_M = 0.1  # one model unit in metres
+MAX_RESIDUAL_MM = 3.0
+MIN_INLIERS = 0.7
+# Above this model-frame height (15 mm below the nose tip) the face is nearly rigid under
+# expressions: the final fit (and the synthetic corpus's frontal frame) uses only that part.
+UPPER_Y = -0.15
+
+
+@dataclass
+class Alignment:
+    transform: np.ndarray  # (4, 4) similarity: scan frame -> model frame
+    scale: float  # s (model units per scan unit)
+    residual_mm: float  # RMS ICP residual of the matched template points, in mm
+    inlier_fraction: float = 1.0  # template points matched within 5 mm
+    unit: str | None = None  # the scan unit the scale came from
+
+    @property
+    def rotation(self) -> np.ndarray:
+        return self.transform[:3, :3] / self.scale
+
+    def inverse(self) -> Alignment:
+        return Alignment(np.linalg.inv(self.transform), 1.0 / self.scale, self.residual_mm,
+                         self.inlier_fraction, self.unit)
+
+    def to_model(self, points) -> np.ndarray:
+        return _apply(self.transform, points)
+
+    def to_scan(self, points) -> np.ndarray:
+        return _apply(np.linalg.inv(self.transform), points)
+
+    def to_dict(self) -> dict:
+        return {"transform": self.transform.tolist(), "scale": self.scale,
+                "residual_mm": self.residual_mm, "inlier_fraction": self.inlier_fraction,
+                "unit": self.unit}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Alignment:
+        return cls(np.asarray(d["transform"], float), float(d["scale"]), float(d["residual_mm"]),
+                   float(d.get("inlier_fraction", 1.0)), d.get("unit"))
+
+
+def _apply(m, points):
+    p = np.asarray(points, dtype=np.float64)
+    return p @ m[:3, :3].T + m[:3, 3]
+
+
+def _matrix(s, r, t):
+    m = np.eye(4)
+    m[:3, :3] = s * r
+    m[:3, 3] = t
+    return m
+
+
+def similarity(src, dst, weights=None, scale=None):
+    """Least-squares s, R, t with dst ~ s R src + t (Umeyama); `scale` fixes s when given."""
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
+    a, b = src - mu_s, dst - mu_d
+    cov = (b * w[:, None]).T @ a
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(u @ vt)) or 1.0
+    fix = np.diag([1.0, 1.0, d])
+    r = u @ fix @ vt
+    if scale is None:
+        var = (w * (a ** 2).sum(1)).sum()
+        scale = float((sig * np.diag(fix)).sum() / max(var, 1e-30))
+    return scale, r, mu_d - scale * r @ mu_s
+
+
+class Template:
+    """Points and normals of the average face (model frame) and its 68 landmarks."""
+
+    def __init__(self, path: Path = TEMPLATE_FILE):
+        if not Path(path).exists():
+            raise MeshError(f"{path}: the alignment template is missing (run "
+                            "python -m imface.data.align --build-template)")
+        data = np.load(path)
+        self.points = data["points"].astype(np.float64)
+        self.normals = data["normals"].astype(np.float64)
+        self.landmarks68 = data["landmarks68"].astype(np.float64)
+        self.tree = cKDTree(self.points)
+        self.centre = self.points.mean(0)
+        self.radius = float(np.quantile(np.linalg.norm(self.points - self.centre, axis=1), 0.9))
+        rng = np.random.default_rng(0)
+        self.coarse = rng.permutation(len(self.points))[:400]
+        self.fine = rng.permutation(len(self.points))[:3000]
+        self.upper = self.fine[self.points[self.fine, 1] > UPPER_Y]
+
+    def region(self, p, upper=False):
+        """Points where the template has surface: near its centre and in front of its back
+        (`upper`: only above the upper lip, the part expressions hardly move)."""
+        inside = (np.linalg.norm(p - self.centre, axis=1) < self.radius) & (p[:, 2] > -0.2)
+        return inside & (p[:, 1] > UPPER_Y) if upper else inside
+
+    @property
+    def landmarks5(self):
+        from imface.config import BLEND_LANDMARK_IBUG68
+
+        return self.landmarks68[list(BLEND_LANDMARK_IBUG68)]
+
+
+_TEMPLATE: Template | None = None
+
+
+def template() -> Template:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        _TEMPLATE = Template()
+    return _TEMPLATE
+
+
+def scan_points(vertices, faces, n=20_000, rng=None):
+    """Evenly spread points of the scan: area-weighted surface samples, or a vertex subset."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    v = np.asarray(vertices, dtype=np.float64)
+    if faces is not None and len(faces):
+        from imface.data.preprocess import _sample_triangles
+
+        return _sample_triangles(v, np.asarray(faces), n, rng)[0]
+    if len(v) > n:
+        v = v[rng.choice(len(v), n, replace=False)]
+    return v
+
+
+def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False):
+    """Trimmed ICP between the template face and the scan; returns the refined scan->model
+    matrix, the trimmed RMS (model units), the fraction of template points matched within 5 mm,
+    and the template-point distances.
+
+    Matches go both ways: template -> scan (every template point has skin under it) and scan ->
+    template for the scan points that fall inside the template's region (so the face cannot
+    slide along itself); extra scan parts (back of the head, shoulders) stay outside the region
+    and cost nothing. The worst `trim` fraction of each side is ignored (missing parts, an open
+    mouth).
+    """
+    tp, tn = tmpl.points[idx], tmpl.normals[idx]
+    sp = scan_pts[: 4 * len(idx)]
+    for it in range(iters + 1):
+        inv = np.linalg.inv(m)
+        q = tp @ inv[:3, :3].T + inv[:3, 3]
+        _, nn = tree.query(q, workers=1)
+        src = scan_pts[nn] @ m[:3, :3].T + m[:3, 3]  # matched scan points, model frame
+        d = np.linalg.norm(src - tp, axis=1)
+        keep = d <= _quantile(d, 1 - trim)
+        if it == iters:
+            break
+        a, b, n = src[keep], tp[keep], tn[keep]
+        spm = sp @ m[:3, :3].T + m[:3, 3]
+        inside = tmpl.region(spm, upper)
+        if inside.sum() > 20:
+            d2, nn2 = tmpl.tree.query(spm[inside], workers=1)
+            k2 = d2 <= _quantile(d2, 1 - trim)
+            a = np.vstack([a, spm[inside][k2]])
+            b = np.vstack([b, tmpl.points[nn2[k2]]])
+            n = np.vstack([n, tmpl.normals[nn2[k2]]])
+        if plane:
+            m = _point_to_plane(a, b, n, scale_free) @ m
+        else:
+            s, r, t = similarity(a, b, scale=None if scale_free else 1.0)
+            m = _matrix(s, r, t) @ m
+    rms = float(np.sqrt(np.mean(d[keep] ** 2)))
+    return m, rms, float(np.mean(d < 0.05)), d
+
+
+def _quantile(d, q):
+    k = int(q * (len(d) - 1))
+    return np.partition(d, k)[k]
+
+
+def _point_to_plane(src, dst, normals, scale_free):
+    """One linearised point-to-plane step: small rotation w, translation, optional scale."""
+    cols = [np.cross(src, normals), normals]
+    if scale_free:
+        cols.append((normals * src).sum(1, keepdims=True))
+    a = np.hstack(cols)
+    b = ((dst - src) * normals).sum(1)
+    x = np.linalg.lstsq(a.T @ a + 1e-9 * np.eye(a.shape[1]), a.T @ b, rcond=None)[0]
+    r = Rotation.from_rotvec(x[:3]).as_matrix()
+    s = 1.0 + (x[6] if scale_free else 0.0)
+    return _matrix(s, r, x[3:6])
+
+
+_ROTATIONS = None
+
+
+def _rotations():
+    """300 rotations spread over SO(3) (the icosahedral group plus seeded random ones): every
+    pose is within ~30 degrees of one, mostly inside ICP's basin of convergence on a face."""
+    global _ROTATIONS
+    if _ROTATIONS is None:
+        _ROTATIONS = np.concatenate([Rotation.create_group("I").as_matrix(),
+                                     Rotation.random(240, random_state=7).as_matrix()])
+    return _ROTATIONS
+
+
+def _starts(pts, scale, tips=2):
+    """Initial scan->model matrices: each rotation with one of the scan's most forward bumps
+    (3 cm apart; the nose tip should be one) on the template nose tip."""
+    centroid = pts.mean(0)
+    c = pts[:: max(1, len(pts) // 3000)] - centroid
+    rots = _rotations()
+    z = c @ rots[:, 2, :].T  # (P, K) forward coordinate under each rotation
+    order = np.argsort(-z, axis=0)[:300]
+    out = []
+    for k, r in enumerate(rots):
+        chosen = []
+        for i in order[:, k]:
+            if all(np.linalg.norm(c[i] - c[j]) * scale > 0.3 for j in chosen):
+                chosen.append(i)
+                if len(chosen) == tips:
+                    break
+        out += [_matrix(scale, r, NOSE - scale * r @ (c[i] + centroid)) for i in chosen]
+    return np.stack(out)
+
+
+def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120):
+    """Point-to-plane ICP run on every start at once (batched numpy); returns refined matrices
+    and a score per start (trimmed RMS minus a bonus for matched template points)."""
+    k = len(mats)
+    tp, tn = tmpl.points[tmpl.coarse[:n_probe]], tmpl.normals[tmpl.coarse[:n_probe]]
+    sp = pts[:n_scan]
+    eye = 1e-9 * np.eye(6)
+    for it in range(iters + 1):
+        inv = np.linalg.inv(mats)
+        q = np.einsum("kij,pj->kpi", inv[:, :3, :3], tp) + inv[:, None, :3, 3]
+        _, nn = tree.query(q.reshape(-1, 3), workers=1)
+        src = np.einsum("kij,kpj->kpi", mats[:, :3, :3], pts[nn].reshape(k, -1, 3))
+        src += mats[:, None, :3, 3]
+        d = np.linalg.norm(src - tp, axis=2)
+        thr = np.partition(d, int((1 - trim) * (n_probe - 1)), axis=1)[:, int((1 - trim) * (n_probe - 1))]
+        w1 = d <= thr[:, None]
+        if it == iters:
+            break
+        spm = np.einsum("kij,pj->kpi", mats[:, :3, :3], sp) + mats[:, None, :3, 3]
+        inside = tmpl.region(spm.reshape(-1, 3)).reshape(k, -1)
+        d2, nn2 = tmpl.tree.query(spm.reshape(-1, 3), workers=1)
+        d2, nn2 = d2.reshape(k, -1), nn2.reshape(k, -1)
+        w2 = inside & (d2 <= thr[:, None])
+        a = np.concatenate([src, spm], 1)
+        b = np.concatenate([np.broadcast_to(tp, src.shape), tmpl.points[nn2]], 1)
+        n = np.concatenate([np.broadcast_to(tn, src.shape), tmpl.normals[nn2]], 1)
+        w = np.concatenate([w1, w2], 1).astype(float)
+        jac = np.concatenate([np.cross(a, n), n], 2)
+        res = ((b - a) * n).sum(2)
+        h = np.einsum("kni,knj,kn->kij", jac, jac, w) + eye
+        g = np.einsum("kni,kn,kn->ki", jac, res, w)
+        x = np.linalg.solve(h, g[..., None])[..., 0]
+        delta = np.tile(np.eye(4), (k, 1, 1))
+        delta[:, :3, :3] = Rotation.from_rotvec(x[:, :3]).as_matrix()
+        delta[:, :3, 3] = x[:, 3:]
+        mats = delta @ mats
+    rms = np.sqrt((d ** 2 * w1).sum(1) / w1.sum(1))
+    return mats, rms - 0.02 * (d < 0.05).mean(1)
+
+
+def align_scan(vertices, faces_or_none=None, unit: str | None = None, path: str = "",
+               rng=None, check: bool = True) -> Alignment:
+    """Find the similarity taking a scan (any pose, any unit) to the model frame."""
+    v = np.asarray(vertices, dtype=np.float64)
+    where = f"{path}: " if path else ""
+    if len(v) < 100 or not np.isfinite(v).all():
+        raise MeshError(f"{where}not enough finite points to align")
+    tmpl = template()
+    given = unit is not None
+    unit = unit or guess_unit(v)
+    scale0 = UNITS[unit] / MODEL_UNIT_M
+    pts = scan_points(v, faces_or_none, rng=rng)
+    tree = cKDTree(pts)
+    mats, score = _coarse_icp(tree, pts, tmpl, _starts(pts, scale0))
+    best = None
+    for k in np.argsort(score)[:8]:
+        m = mats[k]
+        m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.coarse, m, 12, 0.3, False, plane=True)
+        if best is None or rms - 0.02 * inl < best[0]:
+            best = (rms - 0.02 * inl, m, rms, inl)
+    m = best[1]
+    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.fine, m, 8, 0.2, False, plane=True)
+    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
+    s = scale0
+    if not given:  # the guessed unit may be wrong (inches, a scaled export): let scale go free
+        free = _icp(tree, pts, tmpl, tmpl.upper, m, 15, 0.1, True, plane=True, upper=True)
+        s_free = float(np.cbrt(np.linalg.det(free[0][:3, :3])))
+        if abs(s_free / scale0 - 1) > 0.12:  # real heads vary less than this: keep the unit
+            m, rms, inl, _ = free
+            s, unit = s_free, None
+    m = _snap_nose(m, np.vstack([pts, v]))
+    align = Alignment(m, s, rms * 100.0, inl, unit)
+    if check and (align.residual_mm > MAX_RESIDUAL_MM or inl < MIN_INLIERS):
+        raise MeshError(f"{where}does not look like a face: the template fits with an RMS "
+                        f"residual of {align.residual_mm:.1f} mm and matches "
+                        f"{100 * inl:.0f}% of it within 5 mm (need <= {MAX_RESIDUAL_MM:.0f} mm "
+                        f"and >= {100 * MIN_INLIERS:.0f}%); align it by hand from 5 points")
+    return align
+
+
+def nose_apex(points_model, guess=NOSE):
+    """The nose tip (pronasale) of points in the model frame: the apex of a quadric fitted to
+    the most forward points within 12 mm (x, y) of `guess`; None when there are too few."""
+    pm = np.asarray(points_model, dtype=np.float64)
+    near = (np.linalg.norm(pm[:, :2] - guess[:2], axis=1) < 0.12) & (np.abs(pm[:, 2] - guess[2]) < 0.3)
+    if near.sum() < 20:
+        return None
+    p = pm[near]
+    top = p[np.argmax(p[:, 2])]
+    # the cap in front: points under the tip (columella, nostrils) share its (x, y)
+    cap = p[(np.linalg.norm(p[:, :2] - top[:2], axis=1) < 0.06) & (p[:, 2] > top[2] - 0.04)]
+    if len(cap) < 10:
+        return top
+    x, y = cap[:, 0] - top[0], cap[:, 1] - top[1]
+    a = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)
+    c = np.linalg.lstsq(a, cap[:, 2], rcond=None)[0]
+    h = np.array([[2 * c[3], c[4]], [c[4], 2 * c[5]]])
+    if not np.all(np.linalg.eigvalsh(h) < 0):
+        return top
+    off = np.linalg.solve(h, -c[1:3])
+    if np.linalg.norm(off) > 0.03:
+        return top
+    z = c[0] + c[1] * off[0] + c[2] * off[1] + c[3] * off[0] ** 2 + c[4] * off[0] * off[1] \
+        + c[5] * off[1] ** 2
+    return np.array([top[0] + off[0], top[1] + off[1], z])
+
+
+def _snap_nose(m, pts):
+    """Put the scan's own nose tip on (0, 0, 0.4): ICP fits the whole face, but noses differ
+    in length between people by many millimetres."""
+    tip = nose_apex(pts @ m[:3, :3].T + m[:3, 3])
+    out = m.copy()
+    if tip is not None:
+        out[:3, 3] += NOSE - tip
+    return out
+
+
+def align_from_landmarks(scan_points5, model_points5=None, scale: float | None = None
+                         ) -> Alignment:
+    """Manual fallback: a similarity from picked points (e.g. the 5 blend landmarks: outer eye
+    corners, nose tip, mouth corners) to their model-frame positions (template's by default)."""
+    src = np.asarray(scan_points5, dtype=np.float64)
+    dst = template().landmarks5 if model_points5 is None else np.asarray(model_points5, float)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
+        raise MeshError(f"need matching (N >= 3, 3) point sets, got {src.shape} and {dst.shape}")
+    if np.linalg.matrix_rank(src - src.mean(0), tol=1e-9 * np.abs(src).max()) < 2:
+        raise MeshError("the picked points are collinear or coincide; pick 5 distinct points")
+    s, r, t = similarity(src, dst, scale=scale)
+    m = _matrix(s, r, t)
+    res = np.linalg.norm(_apply(m, src) - dst, axis=1)
+    return Alignment(m, s, float(np.sqrt(np.mean(res ** 2)) * 100.0))
+
+
+def align_landmarks68(scan_lm68, metres_per_unit: float) -> Alignment:
+    """Paper step 1 with known landmarks: rigid fit of the 68 points to the template's at the
+    scan's metric scale, then the nose tip (landmark 30) put exactly on (0, 0, 0.4)."""
+    scale = metres_per_unit / MODEL_UNIT_M
+    a = align_from_landmarks(scan_lm68, template().landmarks68, scale=scale)
+    m = a.transform.copy()
+    m[:3, 3] += NOSE - _apply(m, np.asarray(scan_lm68)[30])
+    return Alignment(m, scale, a.residual_mm)
+
+
+def build_template(out: Path = TEMPLATE_FILE, n: int = 6000) -> None:
+    """The average neutral Anny face, visible part inside the unit sphere, as points+normals."""
+    from imface.data import anny_head
+    from imface.data.preprocess import _sample_triangles, visible_surface
+    from imface.data.synth import Generator
+
+    gen = Generator(subdivisions=2)
+    mean = anny_head.Identity({k: 0.5 for k in gen.model.phenotype_labels}, {}, 0, 0.0)
+    scan = gen.scan(mean, {})
+    v = _apply(scan.to_model, scan.vertices)
+    lm = _apply(scan.to_model, scan.landmarks68)
+    v, f = visible_surface(v, scan.faces)
+    pts, fidx = _sample_triangles(v, f, n, np.random.default_rng(0))
+    tri = v[f[fidx]]
+    nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    nrm[nrm[:, 2] < 0] *= -1
+    # The front of the face: the sides and ears inside the sphere vary most between scans.
+    keep = (nrm[:, 2] > 0.2) & (np.linalg.norm(pts - NOSE, axis=1) < 0.95)
+    np.savez_compressed(out, points=pts[keep].astype(np.float32),
+                        normals=nrm[keep].astype(np.float32), landmarks68=lm.astype(np.float32))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--build-template" in sys.argv:
+        build_template()
+        print(f"wrote {TEMPLATE_FILE}")

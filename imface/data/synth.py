@@ -1,0 +1,252 @@
+"""``python -m imface synth``: a FaceScape-like synthetic scan corpus from the Anny head model.
+
+Layout (FaceScape TU, flattened):
+
+    DIR/corpus.json                 seed, identities, expressions, what is synthetic
+    DIR/anny_faces.npy              triangles of the 4,200-vertex Anny topology (registered meshes)
+    DIR/<id>/identity.json          the Anny parameters of the person
+    DIR/<id>/<k>_<name>.ply         the scan: mm, model axes, origin at Anny's (neck) origin
+    DIR/<id>/<k>_<name>.json        identity, expression, neutral, action weights, 68 landmarks
+                                    (scan frame, mm), their vertex indices, to_model (4x4)
+    DIR/<id>/<k>_<name>.reg.npy     the registered 4,200-vertex mesh (scan frame, mm, float32)
+
+A scan is the Anny head (identity x expression recipe from resources/expressions.json, with small
+per-scan jitter), Loop-subdivided twice, displaced by procedural detail (imface/data/detail.py:
+synthetic wrinkles, folds and skin relief), cropped to the front of the head (110 mm around the
+model origin, like a frontal scanner). Each identity draws from its own seeded generator, so the
+corpus is deterministic for a seed whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from imface.data import anny_head
+from imface.data.align import UPPER_Y, nose_apex
+from imface.data.detail import displacement_mm
+from imface.errors import UserError
+
+NOSE_MODEL = np.array([0.0, 0.0, 0.4])  # the nose tip in the model frame
+MM_PER_UNIT = 100.0
+SCAN_RADIUS = 1.1  # model units kept in the written scan (a frontal scanner's field)
+
+
+@dataclass
+class SynthScan:
+    vertices: np.ndarray  # (V, 3) mm, scan frame
+    faces: np.ndarray  # (F, 3)
+    registered: np.ndarray  # (4200, 3) mm, scan frame
+    landmarks68: np.ndarray  # (68, 3) mm, scan frame
+    to_model: np.ndarray  # (4, 4) scan frame -> model frame
+    nose_tip: np.ndarray  # (3,) mm, scan frame: goes to (0, 0, 0.4)
+
+
+def refine_frame(v_mm, faces, r0, nose_mm):
+    """Refine a frontal rotation by the aligner's own criterion: the rigid surface fit of the
+    upper face to the template (point-to-plane ICP started from the correspondence fit r0)."""
+    from scipy.spatial import cKDTree
+
+    from imface.data.align import _icp, scan_points, template
+
+    tmpl = template()
+    m = to_model_transform(nose_mm, r0)
+    pts = scan_points(v_mm, faces, rng=np.random.default_rng(0))
+    nose = nose_apex(pts @ m[:3, :3].T + m[:3, 3])
+    if nose is not None:
+        m[:3, 3] += NOSE_MODEL - nose
+    m = _icp(cKDTree(pts), pts, tmpl, tmpl.upper, m, 15, 0.1, False, plane=True, upper=True)[0]
+    return m[:3, :3] * MM_PER_UNIT
+
+
+def to_model_transform(nose_mm: np.ndarray, rotation=None) -> np.ndarray:
+    """mm scan frame (model axes) -> model frame: rotate, scale 1/100, nose tip to (0, 0, 0.4)."""
+    r = np.eye(3) if rotation is None else rotation
+    t = np.eye(4)
+    t[:3, :3] = r / MM_PER_UNIT
+    t[:3, 3] = NOSE_MODEL - r @ nose_mm / MM_PER_UNIT
+    return t
+
+
+class Generator:
+    """Anny + subdivision + detail; one per process."""
+
+    def __init__(self, subdivisions: int = 2):
+        import trimesh
+
+        self.model = anny_head.build_model()
+        self.faces = anny_head.anny_faces(self.model)
+        self.landmarks = anny_head.load_landmarks()
+        self.expressions = anny_head.load_expressions()
+        self.pool = json.loads(anny_head.EXPRESSIONS_FILE.read_text())["random_pool"]
+        self.subdivisions = subdivisions
+        mean = anny_head.Identity({k: 0.5 for k in self.model.phenotype_labels}, {})
+        base = anny_head.anny_vertices(self.model, mean, {}) * 1000.0
+        base -= base[self.landmarks.nose_tip]
+        canon, self.sub_faces = self._subdivide(base)
+        self.canon = canon  # mm, nose tip at 0
+        self.canon_lm = base[self.landmarks.indices]
+        self.base = base
+        # Face region used to define each person's frontal frame (as the aligner's template).
+        normals = trimesh.Trimesh(base, self.faces, process=False).vertex_normals
+        self.frame_mask = ((np.linalg.norm(base - [0, 0, -40.0], axis=1) < 95)
+                           & (normals[:, 2] > 0.2) & (base[:, 1] > UPPER_Y * MM_PER_UNIT))
+        self._frames: dict[int, np.ndarray] = {}
+        self._trimesh = trimesh
+
+    def _subdivide(self, vertices):
+        import trimesh
+
+        if self.subdivisions == 0:
+            return vertices, self.faces
+        # Loop subdivision keeps the original vertices first (smoothed), so the first 4,200 rows
+        # stay the registered Anny topology.
+        return trimesh.remesh.subdivide_loop(vertices, self.faces, iterations=self.subdivisions)
+
+    def frame(self, identity: anny_head.Identity) -> np.ndarray:
+        """The rotation making this person's neutral face frontal: the rigid fit of its upper
+        face (above the upper lip) to the average face through the shared topology. Anny's head tilt varies with
+        the phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
+        key = identity.detail_seed
+        if key not in self._frames:
+            from imface.data.align import similarity
+
+            v = anny_head.anny_vertices(self.model, identity, {}) * 1000.0
+            _, r, _ = similarity(v[self.frame_mask], self.base[self.frame_mask], scale=1.0)
+            self._frames[key] = refine_frame(v, self.faces, r, v[self.landmarks.nose_tip])
+        return self._frames[key]
+
+    def scan(self, identity: anny_head.Identity, actions: dict[str, float]) -> SynthScan:
+        v = anny_head.anny_vertices(self.model, identity, actions) * 1000.0
+        dense, faces = self._subdivide(v)
+        mesh = self._trimesh.Trimesh(dense, faces, process=False)
+        disp = displacement_mm(self.canon, self.canon_lm, actions, identity.age_wrinkles,
+                               identity.detail_seed)
+        dense = dense + mesh.vertex_normals * disp[:, None]
+        registered = dense[: len(v)]
+        lms = registered[self.landmarks.indices]
+        # The nose tip is the apex of the nose (as the aligner finds it), not vertex 30 exactly.
+        rot = self.frame(identity)
+        rough = to_model_transform(lms[30], rot)
+        apex = nose_apex(dense @ rough[:3, :3].T + rough[:3, 3])
+        nose = lms[30] if apex is None else np.linalg.solve(rough[:3, :3], apex - rough[:3, 3])
+        to_model = to_model_transform(nose, rot)
+        keep_v = np.linalg.norm(dense @ to_model[:3, :3].T + to_model[:3, 3], axis=1) < SCAN_RADIUS
+        keep_f = keep_v[faces].all(1)
+        used = np.unique(faces[keep_f])
+        remap = np.full(len(dense), -1)
+        remap[used] = np.arange(len(used))
+        return SynthScan(dense[used], remap[faces[keep_f]], registered, lms, to_model, nose)
+
+
+@lru_cache(maxsize=1)
+def _generator(subdivisions: int) -> Generator:
+    return Generator(subdivisions)
+
+
+def identity_name(i: int) -> str:
+    return f"{i + 1:03d}"
+
+
+def scan_plan(gen: Generator, rng: np.random.Generator, extra: int):
+    """(expression name, action weights) of one person's scans: 20 recipes + `extra` random."""
+    plan = []
+    for name, recipe in gen.expressions.items():
+        jitter = {k: float(np.clip(w * rng.uniform(0.85, 1.1), 0, 1)) for k, w in recipe.items()}
+        plan.append((name, jitter))
+    for j in range(extra):
+        n = int(rng.integers(2, 5))
+        picks = rng.choice(len(gen.pool), n, replace=False)
+        actions = {gen.pool[p]: float(rng.uniform(0.2, 0.9)) for p in picks}
+        plan.append((f"{len(gen.expressions) + 1 + j}_random", actions))
+    return plan
+
+
+def make_identity(args) -> list[str]:
+    """Write every scan of identity `index`; returns the written keys (skips finished ones)."""
+    index, out, seed, extra, subdivisions = args
+    import trimesh
+
+    gen = _generator(subdivisions)
+    rng = np.random.default_rng([seed, index])
+    ident = anny_head.sample_identity(gen.model, rng)
+    name = identity_name(index)
+    folder = Path(out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "identity.json").write_text(json.dumps(ident.to_dict(), indent=1))
+    keys = []
+    for expr, actions in scan_plan(gen, rng, extra):
+        meta_path = folder / f"{expr}.json"
+        keys.append(f"{name}/{expr}")
+        if meta_path.exists():  # written last: the scan is complete
+            continue
+        s = gen.scan(ident, actions)
+        trimesh.Trimesh(s.vertices.astype(np.float32), s.faces, process=False).export(
+            folder / f"{expr}.ply")
+        np.save(folder / f"{expr}.reg.npy", s.registered.astype(np.float32))
+        meta = {"identity": name, "expression": expr, "neutral": expr == "1_neutral",
+                "actions": actions, "unit": "mm", "synthetic": True,
+                "landmarks68": s.landmarks68.round(4).tolist(),
+                "nose_tip": s.nose_tip.round(4).tolist(),
+                "landmark_vertex_indices": gen.landmarks.indices.tolist(),
+                "to_model": s.to_model.tolist()}
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+    return keys
+
+
+def write_corpus(out: Path, identities: int, seed: int = 0, extra: int = 2, workers: int = 1,
+                 subdivisions: int = 2, progress: bool = True) -> list[str]:
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = _generator(subdivisions)  # builds Anny once here (and fills its asset cache)
+    np.save(out / "anny_faces.npy", gen.faces.astype(np.int32))
+    jobs = [(i, str(out), seed, extra, subdivisions) for i in range(identities)]
+    keys: list[str] = []
+    bar = tqdm(total=identities, unit="identity", disable=not progress, desc="synth")
+    if workers <= 1:
+        for job in jobs:
+            keys += make_identity(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for k in pool.map(make_identity, jobs):
+                keys += k
+                bar.update()
+    bar.close()
+    (out / "corpus.json").write_text(json.dumps({
+        "kind": "imface-synthetic-anny", "seed": seed, "identities": identities,
+        "extra_expressions": extra, "subdivisions": subdivisions,
+        "expressions": list(gen.expressions), "scans": len(keys),
+        "synthetic": "everything: Anny head shapes and blendshapes; procedural wrinkles, folds "
+                     "and skin relief (imface/data/detail.py)"}, indent=1))
+    return keys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--identities", type=int, default=20, help="number of people")
+    parser.add_argument("--out", required=True, help="output folder (FaceScape TU layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes")
+    parser.add_argument("--extra", type=int, default=2,
+                        help="random extra expressions per person (besides the 20 FaceScape)")
+    parser.add_argument("--subdivisions", type=int, default=2,
+                        help="Loop subdivisions of the Anny mesh before adding detail")
+
+
+def run(args) -> int:
+    if args.identities < 1:
+        raise UserError("--identities must be at least 1")
+    keys = write_corpus(Path(args.out), args.identities, args.seed, args.extra,
+                        max(1, args.workers), args.subdivisions)
+    print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
+    return 0
