@@ -466,6 +466,10 @@ class MainWindow(QMainWindow):
         def failed(msg):
             self.fit_job = None
             self.fit_panel.result_label.setText("failed")
+            if "by hand" in msg or "align" in msg:
+                self.fit_panel.pick_label.setText(
+                    "Automatic alignment failed: press 'Pick 5 landmarks by hand' and right-click "
+                    "the 5 points on the scan, then Fit.")
             self.show_error("Fit failed", msg)
             self._jobs_changed()
 
