@@ -276,9 +276,16 @@ class TrainingProcess(QObject):
         self.run_dir: Path | None = None
         self._buffer = b""
         self._stopping = False
+        self._log_pos = 0
+        from PyQt6.QtCore import QTimer
+
+        self._tail = QTimer(self)
+        self._tail.setInterval(500)
+        self._tail.timeout.connect(self._poll_log)
 
     @staticmethod
-    def plan(corpus: str, source: str, identities: int, work: Path, resume: bool, epochs: int | None):
+    def plan(corpus: str, source: str, identities: int, work: Path, resume: bool, epochs: int | None,
+             preset: str | None = None):
         """The command lines for a corpus choice ('synthetic' or 'facescape')."""
         work = Path(work)
         data, cache, run = work / "corpus", work / "cache", work / "run"
@@ -293,6 +300,8 @@ class TrainingProcess(QObject):
         train = ["train", "--corpus", str(cache), "--out", str(run)]
         if epochs:
             train += ["--epochs", str(epochs)]
+        if preset and not resume:
+            train += ["--preset", preset]
         if resume:
             train.append("--resume")
         steps.append(("Training", train))
@@ -302,10 +311,39 @@ class TrainingProcess(QObject):
         self.steps = list(steps)
         self.run_dir = Path(run_dir)
         self._stopping = False
+        log = self.run_dir / "log.jsonl"
+        self._log_pos = log.stat().st_size if log.exists() else 0  # resume: only new lines
         self._set_state("running")
         self._next()
+        self._tail.start()
+
+    def _poll_log(self):
+        """RUN/log.jsonl is the trainer's record (one JSON line per logged step)."""
+        if self.run_dir is None:
+            return
+        log = self.run_dir / "log.jsonl"
+        try:
+            with open(log, "rb") as f:
+                f.seek(self._log_pos)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self._log_pos += end + 1
+        for raw in data[: end + 1].splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                self.logged.emit(rec)
 
     def _set_state(self, state: str):
+        if state != "running" and hasattr(self, "_tail"):
+            self._tail.stop()
+            self._poll_log()
         self.state = state
         self.stateChanged.emit(state)
 
@@ -346,7 +384,9 @@ class TrainingProcess(QObject):
                     self.text.emit(line)
                 else:
                     if isinstance(rec, dict):
-                        self.logged.emit(rec)
+                        if "step" not in rec or "checkpoint" in rec or not (self.run_dir / "log.jsonl").exists():
+                            self.logged.emit(rec)
+                        self.text.emit(line)
                         continue
             self.text.emit(line)
 
@@ -384,5 +424,9 @@ class TrainingProcess(QObject):
         """The newest checkpoint the run wrote."""
         if self.run_dir is None or not self.run_dir.exists():
             return None
-        found = sorted(self.run_dir.rglob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        model = self.run_dir / "model.safetensors"  # the inference checkpoint (state.* is for resume)
+        if model.exists():
+            return model
+        found = sorted((p for p in self.run_dir.rglob("*.safetensors") if not p.name.startswith("state")),
+                       key=lambda p: p.stat().st_mtime)
         return found[-1] if found else None

@@ -275,3 +275,21 @@ def test_latency_probe_during_fit(window, qtbot, tmp_path):
     assert probe.ticks > 20
     assert probe.max_gap_ms < 150  # target 100 ms; slack for a loaded shared 2-core machine
     del torch
+
+
+def test_training_process_tails_log_jsonl(qtbot, tmp_path):
+    fake = tmp_path / "fakepython"
+    run = tmp_path / "run"
+    fake.write_text(f'#!/bin/sh\nmkdir -p {run}\nfor i in 1 2 3 4; do echo "{{\\"step\\": $i, \\"total\\": 0.$i}}" >> {run}/log.jsonl; sleep 0.1; done\n'
+                    f'touch {run}/state.safetensors {run}/model.safetensors\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    proc = TrainingProcess(python=str(fake))
+    logs, states = [], []
+    proc.logged.connect(logs.append)
+    proc.stateChanged.connect(states.append)
+    steps, _ = TrainingProcess.plan("synthetic", "", 3, tmp_path, resume=False, epochs=None, preset="tiny")
+    assert steps[-1][1][-2:] == ["--preset", "tiny"]
+    proc.start(steps[-1:], run)
+    qtbot.waitUntil(lambda: "finished" in states, timeout=10000)
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    assert proc.checkpoint() == run / "model.safetensors"

@@ -9,6 +9,7 @@ from pathlib import Path
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import (
     QButtonGroup,
+    QComboBox,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -53,6 +54,10 @@ class TrainingPanel(QWidget):
         self.epochs.setRange(0, 100000)
         self.epochs.setValue(0)
         self.epochs.setSpecialValueText("default")
+        self.preset = QComboBox()
+        self.preset.addItems(["tiny", "default", "paper"])
+        self.preset.setCurrentText("default")
+        self.preset.setToolTip("network size: tiny trains in minutes on a CPU; paper = ImFace sizes")
         self.work = QLineEdit(str(Path(tempfile.gettempdir()) / "imface-training"))
         g.addWidget(self.synth, 0, 0)
         g.addWidget(self.identities, 0, 1)
@@ -61,8 +66,10 @@ class TrainingPanel(QWidget):
         g.addWidget(browse, 1, 2)
         g.addWidget(QLabel("Epochs"), 2, 0)
         g.addWidget(self.epochs, 2, 1)
-        g.addWidget(QLabel("Work folder"), 3, 0)
-        g.addWidget(self.work, 3, 1, 1, 2)
+        g.addWidget(QLabel("Network"), 3, 0)
+        g.addWidget(self.preset, 3, 1)
+        g.addWidget(QLabel("Work folder"), 4, 0)
+        g.addWidget(self.work, 4, 1, 1, 2)
         lay.addLayout(g)
         row = QHBoxLayout()
         self.start_btn = QPushButton("Train")
@@ -107,6 +114,7 @@ class TrainingPanel(QWidget):
             Path(self.work.text()),
             resume,
             self.epochs.value() or None,
+            self.preset.currentText(),
         )
         if not resume:
             self.plot.clear()
@@ -134,7 +142,7 @@ class TrainingPanel(QWidget):
         ckpt = self.proc.checkpoint()
         if ckpt is None:
             run = Path(self.work.text()) / "run"
-            found = sorted(run.rglob("*.safetensors")) if run.exists() else []
+            found = sorted(p for p in run.rglob("*.safetensors") if not p.name.startswith("state")) if run.exists() else []
             ckpt = found[-1] if found else None
         if ckpt is None:
             self.error.emit("no checkpoint written yet in the work folder")
