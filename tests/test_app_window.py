@@ -293,3 +293,20 @@ def test_training_process_tails_log_jsonl(qtbot, tmp_path):
     qtbot.waitUntil(lambda: "finished" in states, timeout=10000)
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
     assert proc.checkpoint() == run / "model.safetensors"
+
+
+def test_manual_landmark_picking_then_fit(window, qtbot, tmp_path):
+    w = window()
+    w.auto_fit = False
+    w.open_scan(str(synthetic_scan(tmp_path / "scan.obj")))
+    qtbot.waitUntil(lambda: w.doc.scan is not None, timeout=5000)
+    w.fit_panel.pick_btn.setChecked(True)
+    assert w.picking_landmarks and w.view_mode == "scan"
+    verts = w.doc.scan.mesh.vertices
+    for i in (100, 200, 1100, 1900, 2000):
+        w.viewport.pick_at(verts[i])
+    assert not w.picking_landmarks and len(w.landmarks) == 5
+    assert "5 landmarks picked" in w.fit_panel.pick_label.text()
+    assert w.viewport.data["landmarks"].vertices.shape == (5, 3)
+    w.fit_panel.fit_btn.click()
+    qtbot.waitUntil(lambda: w.doc.fit is not None, timeout=10000)
