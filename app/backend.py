@@ -35,7 +35,9 @@ FACESCAPE_EXPRESSIONS = (
 # What the editor does itself because it is UI-level (or until the imface piece lands).
 LOCAL_FALLBACKS = {
     "scan loading": "trimesh.load when imface.data.scans is missing (display only; fitting needs imface.fit)",
-    "texture colours": "colours from template coordinates (app/backend.texture_colors) when imface.correspond is missing",
+    "texture colours": (
+        "colours from template coordinates (app/backend.texture_colors) when imface.correspond is missing"
+    ),
     "mesh export": "trimesh export when imface.io has no export function",
     "residual heat map": "nearest-vertex distances (scipy cKDTree) when the fit report has none",
 }
@@ -399,7 +401,9 @@ def _check_mesh(mesh: MeshData, fm: FaceModel) -> MeshData:
     return mesh
 
 
-def refine(fm: FaceModel, codes: FaceCodes, cancel: threading.Event | None = None) -> Iterator[tuple[str, MeshData]]:
+def refine(
+    fm: FaceModel, codes: FaceCodes, cancel: threading.Event | None = None
+) -> Iterator[tuple[str, MeshData]]:
     """Coarse then fine meshes for these codes (imface.extract.refine, else one extraction)."""
     if hasattr(fm.model, "backend_extract"):
         yield "fine", fm.model.backend_extract(codes, 0)
@@ -495,7 +499,7 @@ def load_scan(path: str | Path) -> ScanData:
             raise MeshError(f"{path.name}: not a mesh or point cloud that can be read ({exc})") from exc
         verts = getattr(scan, "vertices", None)
         if verts is None:
-            verts = getattr(scan, "points")
+            verts = scan.points
         mesh = MeshData.from_any((verts, getattr(scan, "faces", None)))
         unit = getattr(scan, "unit_mm", None) or _unit_from_name(getattr(scan, "unit", None)) or 1.0
         return ScanData(path, mesh, float(unit), scan)
@@ -540,8 +544,11 @@ def fit(
     if hasattr(fm.model, "backend_fit"):
         return fm.model.backend_fit(scan, progress, cancel)
     fit_scan = _need("imface.fit", "fit_scan", "Fitting")
-    for module, attr in (("imface.data.align", "align_scan"), ("imface.data.preprocess", "preprocess_mesh"),
-                         ("imface.data.scans", "load_scan")):
+    for module, attr in (
+        ("imface.data.align", "align_scan"),
+        ("imface.data.preprocess", "preprocess_mesh"),
+        ("imface.data.scans", "load_scan"),
+    ):
         _need(module, attr, "Fitting")
     fit_mod = _optional("imface.fit")
     config = fit_mod.FitConfig() if hasattr(fit_mod, "FitConfig") else None
@@ -551,8 +558,12 @@ def fit(
 
     def _progress(info, loss=None, mesh=None):
         if isinstance(info, dict):
-            progress(int(info.get("iteration", 0)), float(info.get("loss", float("nan"))), None,
-                     int(info.get("iterations", 0)))
+            progress(
+                int(info.get("iteration", 0)),
+                float(info.get("loss", float("nan"))),
+                None,
+                int(info.get("iterations", 0)),
+            )
         else:
             progress(int(info), float(loss), None if mesh is None else MeshData.from_any(mesh), 0)
 
@@ -560,7 +571,9 @@ def fit(
     ckpt = fm.checkpoint if fm.checkpoint is not None else _stats_shim(fm)
     try:  # no lock: mesh updates go on while the fit runs (inference is thread-safe)
         if landmarks is not None:
-            result = _fit_with_landmarks(fit_mod, ckpt, scan, np.asarray(landmarks), config, _progress, cancel)
+            result = _fit_with_landmarks(
+                fit_mod, ckpt, scan, np.asarray(landmarks), config, _progress, cancel
+            )
         else:
             result = fit_scan(ckpt, target, config, progress=_progress, cancel=cancel)
     except getattr(fit_mod, "FitCancelled", ()) as exc:
@@ -600,15 +613,22 @@ def _fit_with_landmarks(fit_mod, ckpt, scan: ScanData, points5: np.ndarray, conf
     cfg = config or fit_mod.FitConfig()
     stats = ckpt.stats
     fit = fit_mod.fit_codes(
-        ckpt.model, samples, cfg,
+        ckpt.model,
+        samples,
+        cfg,
         init_id=stats["id"].mean if cfg.init == "mean" else None,
         init_exp=stats["exp"].mean if cfg.init == "mean" else None,
         spread=(float(stats["id"].std.mean()), float(stats["exp"].std.mean())),
-        progress=progress, cancel=cancel,
+        progress=progress,
+        cancel=cancel,
     )
     mesh = extract_narrow_band(face_sdf(ckpt.model, fit.codes), resolution=128).mesh
-    report = {"iterations": fit.iterations, "loss": fit.loss, "alignment": "5 picked points",
-              "alignment_residual_mm": alignment.residual_mm}
+    report = {
+        "iterations": fit.iterations,
+        "loss": fit.loss,
+        "alignment": "5 picked points",
+        "alignment_residual_mm": alignment.residual_mm,
+    }
     return fit_mod.FitResult(fit.codes, alignment.to_scan(mesh.vertices), mesh.faces, alignment, report)
 
 
@@ -618,17 +638,21 @@ class FitCancelledError(Exception):
 
 def _stats_shim(fm: FaceModel):
     """What fit_scan needs from a checkpoint, for an untrained model (mean 0, std 0.01)."""
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     def stats(space: CodeSpace):
         return SimpleNamespace(
-            mean=torch.as_tensor(space.mean), std=torch.as_tensor(space.raw_std),
-            basis=torch.as_tensor(space.basis), basis_std=torch.as_tensor(space.std),
+            mean=torch.as_tensor(space.mean),
+            std=torch.as_tensor(space.raw_std),
+            basis=torch.as_tensor(space.basis),
+            basis_std=torch.as_tensor(space.std),
         )
 
-    return SimpleNamespace(model=fm.model, stats={"id": stats(fm.id_space), "exp": stats(fm.exp_space)},
-                           config=fm.model.config)
+    return SimpleNamespace(
+        model=fm.model, stats={"id": stats(fm.id_space), "exp": stats(fm.exp_space)}, config=fm.model.config
+    )
 
 
 def residual_mm(scan_vertices: np.ndarray, fit_vertices: np.ndarray, unit_mm: float) -> np.ndarray:
@@ -765,7 +789,9 @@ def export_rig(fm: FaceModel, codes: FaceCodes, folder: str | Path) -> str:
 
         with fm.lock:
             expressions = gen.expression_codes(fm.checkpoint)
-            manifest = gen.export_rig(fm.model, torch.as_tensor(codes.z_id).reshape(-1), expressions, Path(folder))
+            manifest = gen.export_rig(
+                fm.model, torch.as_tensor(codes.z_id).reshape(-1), expressions, Path(folder)
+            )
         n = len(manifest.get("expressions", [])) if isinstance(manifest, dict) else len(expressions)
         return f"Expression rig ({n} expressions + neutral) written to {folder}: OBJ in mm, rig.glb in m"
     func = None

@@ -52,8 +52,10 @@ def torch_fit_workload(job, seconds: float = 2.0, tiny: bool = True):
     model = ImFace(ModelConfig.tiny() if tiny else ModelConfig()).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    codes = Codes(torch.zeros(1, model.config.id_dim, requires_grad=True),
-                  torch.zeros(1, model.config.exp_dim, requires_grad=True))
+    codes = Codes(
+        torch.zeros(1, model.config.id_dim, requires_grad=True),
+        torch.zeros(1, model.config.exp_dim, requires_grad=True),
+    )
     opt = torch.optim.Adam([codes.z_id, codes.z_exp], lr=1e-3)
     pts = torch.rand(4096, 3) * 2 - 1
     t0, it = time.monotonic(), 0

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scan:
         QTimer.singleShot(100, lambda: window.open_scan(args.scan))
     if args.screenshot:
+
         def shoot():
             window.save_screenshot(args.screenshot)
             window.close()

@@ -81,8 +81,11 @@ def run(argv: list[str] | None = None) -> int:
     pump(lambda: False, 1.0)
     pump(lambda: not w.pipeline._box._has and w.jobs.jobs == [], 60)
     result["undo_steps_after_drag"] = w.doc.undo_stack.count()
-    result["mesh_changed"] = bool(v0 is not None and w.doc.mesh is not None and (
-        w.doc.mesh.vertices.shape != v0.shape or np.abs(w.doc.mesh.vertices - v0).max() > 1e-4))
+    result["mesh_changed"] = bool(
+        v0 is not None
+        and w.doc.mesh is not None
+        and (w.doc.mesh.vertices.shape != v0.shape or np.abs(w.doc.mesh.vertices - v0).max() > 1e-4)
+    )
     img = w.viewport.screenshot(str(out / "face.png"))
     result["face_pixels"] = face_pixel_fraction(img)
     if args.shots:
@@ -93,8 +96,15 @@ def run(argv: list[str] | None = None) -> int:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(scan))])
     probe = LatencyProbe()
-    w.dropEvent(QDropEvent(QPointF(200, 200), Qt.DropAction.CopyAction, mime,
-                           Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    w.dropEvent(
+        QDropEvent(
+            QPointF(200, 200),
+            Qt.DropAction.CopyAction,
+            mime,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+        )
+    )
     pump(lambda: w.fit_job is not None or w.errors, 60)
     probe.start()  # from the start of the fit to its end
     fitted = pump(lambda: w.doc.fit is not None or any(e.startswith("Fit failed") for e in w.errors), 300)
@@ -111,8 +121,14 @@ def run(argv: list[str] | None = None) -> int:
     del fitted
     w.confirm_close = lambda: True
     w.close()
-    checks = [result["first_mesh"], result["mesh_changed"], result["undo_steps_after_drag"] == 1,
-              result["face_pixels"] > 0.02, result["fit_done"], result["fit_pixels"] > 0.02]
+    checks = [
+        result["first_mesh"],
+        result["mesh_changed"],
+        result["undo_steps_after_drag"] == 1,
+        result["face_pixels"] > 0.02,
+        result["fit_done"],
+        result["fit_pixels"] > 0.02,
+    ]
     result["passed"] = all(checks)
     (out / "smoke.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
@@ -121,6 +137,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def shoot_panels(w, app, out: Path, pump):
     """One PNG of the window per panel (for the README)."""
+
     def settle():
         pump(lambda: not w.pipeline._box._has and not w.jobs.busy, 60)
         pump(lambda: False, 0.4)
@@ -144,9 +161,11 @@ def shoot_panels(w, app, out: Path, pump):
     w.doc.set_color_mode("coords")
     w.docks["Training"].raise_()
     for i in range(1, 60):
-        w.train_panel.plot.add(i, 2.0 / i ** 0.7, "loss")
-        w.train_panel.plot.add(i, 0.5 / i ** 0.9, "sdf")
-    w.train_panel.log.appendPlainText("$ python -m imface train --corpus cache --out run\n(illustration: plotted values are synthetic)")
+        w.train_panel.plot.add(i, 2.0 / i**0.7, "loss")
+        w.train_panel.plot.add(i, 0.5 / i**0.9, "sdf")
+    w.train_panel.log.appendPlainText(
+        "$ python -m imface train --corpus cache --out run\n(illustration: plotted values are synthetic)"
+    )
     settle()
     w.grab().save(str(out / "panel_training.png"))
     w.docks["Export"].raise_()

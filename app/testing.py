@@ -67,12 +67,17 @@ class FakeFaceNet:
             mesh = None
             if it % 10 == 9:
                 mesh = self.backend_extract(codes, 0)
-                mesh = MeshData(mesh.vertices * scan.unit_scale if hasattr(scan, "unit_scale") else mesh.vertices, mesh.faces)
+                mesh = MeshData(
+                    mesh.vertices * scan.unit_scale if hasattr(scan, "unit_scale") else mesh.vertices,
+                    mesh.faces,
+                )
             progress(it + 1, 1.0 / (it + 1), mesh)
         if self.fail_fit:
             raise RuntimeError("the optimisation diverged")
         mesh = self.backend_extract(codes, 0)
-        return FitOutcome(codes, mesh, residual_mm(target, mesh.vertices, scan.unit_mm), {"iterations": self.fit_steps})
+        return FitOutcome(
+            codes, mesh, residual_mm(target, mesh.vertices, scan.unit_mm), {"iterations": self.fit_steps}
+        )
 
 
 def fake_face_model(**kw) -> FaceModel:
@@ -80,10 +85,16 @@ def fake_face_model(**kw) -> FaceModel:
     d = net.config.id_dim
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    exp = {"2_smile": np.full(d, 0.05, np.float32), "3_mouth_stretch": np.full(d, -0.05, np.float32),
-           "1_neutral": np.zeros(d, np.float32)}
+    exp = {
+        "2_smile": np.full(d, 0.05, np.float32),
+        "3_mouth_stretch": np.full(d, -0.05, np.float32),
+        "1_neutral": np.zeros(d, np.float32),
+    }
     return FaceModel(
-        model=net, path=Path("analytic test double"), sha256="fake-sha", trained=True,
+        model=net,
+        path=Path("analytic test double"),
+        sha256="fake-sha",
+        trained=True,
         id_space=CodeSpace.from_stats(np.zeros(d), np.full(d, 0.05), basis.T.astype(np.float32)),
         exp_space=CodeSpace.from_stats(np.zeros(d), np.full(d, 0.05), np.eye(d)),
         expression_codes=exp,

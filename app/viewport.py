@@ -104,8 +104,15 @@ class Viewport(QObject):
                 clim=clim,
                 show_scalar_bar=True,
                 scalar_bar_args=dict(
-                    title=scalar_title, vertical=True, fmt="%.1f", position_x=0.84, position_y=0.1,
-                    width=0.1, height=0.75, title_font_size=12, label_font_size=11,
+                    title=scalar_title,
+                    vertical=True,
+                    fmt="%.1f",
+                    position_x=0.84,
+                    position_y=0.1,
+                    width=0.1,
+                    height=0.75,
+                    title_font_size=12,
+                    label_font_size=11,
                 ),
             )
         else:
@@ -207,7 +214,10 @@ class Viewport(QObject):
             return
         if on and self._pick_mode is None:
             self.plotter.enable_point_picking(
-                callback=self._on_pick, show_message=False, use_picker=True, left_clicking=False,
+                callback=self._on_pick,
+                show_message=False,
+                use_picker=True,
+                left_clicking=False,
                 show_point=False,
             )
             self._pick_mode = "point"

@@ -65,6 +65,7 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._fit_pending: list = []
         self._fit_total = 0
+        self._paint_serial = 0
         self._fit_mesh_shown = 0.0
         self._fit_flush = QTimer(self)
         self._fit_flush.setSingleShot(True)
@@ -215,7 +216,9 @@ class MainWindow(QMainWindow):
         self.morph_panel.presetLoadRequested.connect(self.load_preset_dialog)
         self.morph_panel.error.connect(lambda m: self.show_error("Morph", m))
         self.fit_panel.openRequested.connect(self.open_scan_dialog)
-        self.fit_panel.fitRequested.connect(lambda: self.start_fit(self.landmarks if len(self.landmarks) == 5 else None))
+        self.fit_panel.fitRequested.connect(
+            lambda: self.start_fit(self.landmarks if len(self.landmarks) == 5 else None)
+        )
         self.fit_panel.pickRequested.connect(self.start_landmark_picking)
         self.fit_panel.cancelRequested.connect(self.cancel_fit)
         self.corr_panel.modeRequested.connect(self.choose_color_mode)
@@ -251,7 +254,9 @@ class MainWindow(QMainWindow):
             self.progress.setFormat(running[-1].title + " %p%")
             if running[-1] is not self.fit_job:
                 self.progress.setRange(0, 0)
-        self.fit_panel.set_running(self.fit_job is not None and self.fit_job.running, self.doc.scan is not None)
+        self.fit_panel.set_running(
+            self.fit_job is not None and self.fit_job.running, self.doc.scan is not None
+        )
 
     def cancel_jobs(self):
         for j in list(self.jobs.jobs):
@@ -294,7 +299,9 @@ class MainWindow(QMainWindow):
 
     def _on_mesh(self, mesh: MeshData, codes, stage: str):
         old = self.doc.mesh
-        same_topology = old is not None and old.faces.shape == mesh.faces.shape and np.array_equal(old.faces, mesh.faces)
+        same_topology = (
+            old is not None and old.faces.shape == mesh.faces.shape and np.array_equal(old.faces, mesh.faces)
+        )
         self.doc.mesh = MeshData(mesh.vertices, mesh.faces, old.colors if same_topology and old else None)
         if same_topology and self.viewport.update_points("face", mesh.vertices):
             pass
@@ -403,8 +410,12 @@ class MainWindow(QMainWindow):
             if self.auto_fit:
                 self.start_fit()
 
-        self.run_job("Loading scan", lambda job: backend.load_scan(path), done,
-                     on_failure=lambda msg: self.show_error("Cannot open scan", msg))
+        self.run_job(
+            "Loading scan",
+            lambda job: backend.load_scan(path),
+            done,
+            on_failure=lambda msg: self.show_error("Cannot open scan", msg),
+        )
 
     def _scan_changed(self):
         scan = self.doc.scan
@@ -459,7 +470,9 @@ class MainWindow(QMainWindow):
                 return
             self.doc.apply_fit(outcome)
             med = float(np.median(outcome.distances_mm)) if len(outcome.distances_mm) else float("nan")
-            self.fit_panel.result_label.setText(f"median {med:.2f} mm, 95% {np.percentile(outcome.distances_mm, 95):.2f} mm")
+            self.fit_panel.result_label.setText(
+                f"median {med:.2f} mm, 95% {np.percentile(outcome.distances_mm, 95):.2f} mm"
+            )
             self.set_status("Fit done: the fitted face is now the current face")
             self._jobs_changed()
 
@@ -469,7 +482,8 @@ class MainWindow(QMainWindow):
             if "by hand" in msg or "align" in msg:
                 self.fit_panel.pick_label.setText(
                     "Automatic alignment failed: press 'Pick 5 landmarks by hand' and right-click "
-                    "the 5 points on the scan, then Fit.")
+                    "the 5 points on the scan, then Fit."
+                )
             self.show_error("Fit failed", msg)
             self._jobs_changed()
 
@@ -525,8 +539,9 @@ class MainWindow(QMainWindow):
             self.viewport.set_mesh("fit", fit.mesh, opacity=0.35, color=(0.8, 0.8, 0.8))
             if scan is not None:
                 hi = max(float(np.percentile(fit.distances_mm, 98)), 0.5) if len(fit.distances_mm) else 1.0
-                self.viewport.set_mesh("scan", scan.mesh, scalars=fit.distances_mm,
-                                       scalar_title="distance (mm)", clim=(0.0, hi))
+                self.viewport.set_mesh(
+                    "scan", scan.mesh, scalars=fit.distances_mm, scalar_title="distance (mm)", clim=(0.0, hi)
+                )
         for name in ("scan", "fit"):
             self.viewport.set_visible(name, self.view_mode == "scan")
         self.schedule_render()
@@ -558,7 +573,9 @@ class MainWindow(QMainWindow):
     def choose_color_mode(self, mode: str):
         image = None
         if mode == "image":
-            path, _ = QFileDialog.getOpenFileName(self, "Texture image", "", "Images (*.png *.jpg *.jpeg *.bmp)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Texture image", "", "Images (*.png *.jpg *.jpeg *.bmp)"
+            )
             if not path:
                 self.corr_panel.show_mode(self.doc.color_mode)
                 return
@@ -599,6 +616,7 @@ class MainWindow(QMainWindow):
         if mesh is None:
             return
         if mode == "shaded":
+            self._paint_serial += 1
             self.doc.mesh = MeshData(mesh.vertices, mesh.faces, None)
             self.viewport.set_mesh("face", self.doc.mesh)
             self.viewport.set_visible("face", self.view_mode == "face")
@@ -606,6 +624,8 @@ class MainWindow(QMainWindow):
             return
         codes, image, fm = self.doc.codes.copy(), self.doc.texture_image, self.doc.face_model
         key = id(mesh.faces)
+        self._paint_serial += 1
+        serial = self._paint_serial
         cached = self.template_cache.get("face")
 
         def work(job):
@@ -618,6 +638,8 @@ class MainWindow(QMainWindow):
         def done(result):
             tmpl, colors = result
             current = self.doc.mesh
+            if serial != self._paint_serial or self.doc.color_mode != mode:
+                return  # a newer colouring was asked for
             if current is None or id(current.faces) != key:
                 return  # the topology changed meanwhile; a new colouring follows
             self.template_cache["face"] = (key, tmpl)
@@ -641,7 +663,12 @@ class MainWindow(QMainWindow):
         self._show_other()
 
     def _show_other(self):
-        codes, fm, mode, image = self.doc.slots["B"], self.doc.face_model, self.doc.color_mode, self.doc.texture_image
+        codes, fm, mode, image = (
+            self.doc.slots["B"],
+            self.doc.face_model,
+            self.doc.color_mode,
+            self.doc.texture_image,
+        )
 
         def work(job):
             mesh = backend.extract(fm, codes)
@@ -716,8 +743,12 @@ class MainWindow(QMainWindow):
             self.doc.set_face_model(fm)
             self.set_status(f"Model {fm.label} loaded")
 
-        self.run_job("Loading checkpoint", lambda job: backend.load_model(path), done,
-                     on_failure=lambda msg: self.show_error("Cannot load checkpoint", msg))
+        self.run_job(
+            "Loading checkpoint",
+            lambda job: backend.load_model(path),
+            done,
+            on_failure=lambda msg: self.show_error("Cannot load checkpoint", msg),
+        )
 
     def save_preset_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save preset", "face.json", "Presets (*.json)")
@@ -743,10 +774,17 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot load preset", str(exc))
             return False
         if not same:
-            question = ask or (lambda: QMessageBox.question(
-                self, "Preset from another model",
-                "This preset was saved with a different checkpoint: the same codes will give a "
-                "different face. Load it anyway?") == QMessageBox.StandardButton.Yes)
+            question = ask or (
+                lambda: (
+                    QMessageBox.question(
+                        self,
+                        "Preset from another model",
+                        "This preset was saved with a different checkpoint: the same codes will give a "
+                        "different face. Load it anyway?",
+                    )
+                    == QMessageBox.StandardButton.Yes
+                )
+            )
             if not question():
                 return False
         self.doc.load_preset_codes(codes, Path(path).stem)
@@ -758,7 +796,8 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------------------
     def export_mesh_dialog(self):
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export mesh", "face.obj", "OBJ (*.obj);;PLY (*.ply);;STL (*.stl);;GLB (*.glb)")
+            self, "Export mesh", "face.obj", "OBJ (*.obj);;PLY (*.ply);;STL (*.stl);;GLB (*.glb)"
+        )
         if path:
             self.export_mesh(path)
 
@@ -767,17 +806,23 @@ class MainWindow(QMainWindow):
         if mesh is None:
             self.show_error("Export", "there is no face mesh to export yet")
             return
-        self.run_job("Exporting", lambda job: backend.export_mesh(mesh, path),
-                     lambda note: (self.set_status(note), self.export_panel.info.setText(note)),
-                     on_failure=lambda m: self.show_error("Export failed", m))
+        self.run_job(
+            "Exporting",
+            lambda job: backend.export_mesh(mesh, path),
+            lambda note: (self.set_status(note), self.export_panel.info.setText(note)),
+            on_failure=lambda m: self.show_error("Export failed", m),
+        )
 
     def export_rig_dialog(self):
         folder = QFileDialog.getExistingDirectory(self, "Folder for the expression rig")
         if folder:
             fm, codes = self.doc.face_model, self.doc.codes.copy()
-            self.run_job("Exporting rig", lambda job: backend.export_rig(fm, codes, folder),
-                         lambda note: (self.set_status(note), self.export_panel.info.setText(note)),
-                         on_failure=lambda m: self.show_error("Rig export", m))
+            self.run_job(
+                "Exporting rig",
+                lambda job: backend.export_rig(fm, codes, folder),
+                lambda note: (self.set_status(note), self.export_panel.info.setText(note)),
+                on_failure=lambda m: self.show_error("Rig export", m),
+            )
 
     def screenshot_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "screenshot.png", "PNG (*.png)")
@@ -793,8 +838,12 @@ class MainWindow(QMainWindow):
         self.set_status(f"Screenshot saved to {path}")
 
     def about(self):
-        lines = [f"{'yes' if ok else 'not in this build'}: {name}" for name, ok in backend.feature_status().items()]
-        QMessageBox.information(self, "ImFace editor", "Model: " + self.doc.face_model.label + "\n\n" + "\n".join(lines))
+        lines = [
+            f"{'yes' if ok else 'not in this build'}: {name}" for name, ok in backend.feature_status().items()
+        ]
+        QMessageBox.information(
+            self, "ImFace editor", "Model: " + self.doc.face_model.label + "\n\n" + "\n".join(lines)
+        )
 
     # ------------------------------------------------------------------------------------------
     # closing
@@ -809,10 +858,14 @@ class MainWindow(QMainWindow):
             elif self.quiet:  # tests / scripted runs: never block on a modal question
                 ok = True
             else:
-                ok = QMessageBox.question(
-                    self, "Jobs are running",
-                    "A fit, an extraction or a training run is still going. Stop it and close?",
-                ) == QMessageBox.StandardButton.Yes
+                ok = (
+                    QMessageBox.question(
+                        self,
+                        "Jobs are running",
+                        "A fit, an extraction or a training run is still going. Stop it and close?",
+                    )
+                    == QMessageBox.StandardButton.Yes
+                )
             if not ok:
                 event.ignore()
                 return

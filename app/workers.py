@@ -19,7 +19,7 @@ from typing import Any
 from PyQt6.QtCore import QObject, QProcess, QProcessEnvironment, pyqtSignal
 
 from app import backend
-from app.backend import FaceCodes, FaceModel, MeshData
+from app.backend import FaceCodes, FaceModel
 from imface.errors import UserError
 
 
@@ -132,7 +132,8 @@ class JobManager(QObject):
 
     @property
     def busy(self) -> bool:
-        return any(j.running for j in self.jobs)
+        """A job runs, or its result has not been delivered to the GUI thread yet."""
+        return bool(self.jobs)
 
     def cancel_all(self, wait: float = 5.0):
         for j in list(self.jobs):
@@ -284,15 +285,24 @@ class TrainingProcess(QObject):
         self._tail.timeout.connect(self._poll_log)
 
     @staticmethod
-    def plan(corpus: str, source: str, identities: int, work: Path, resume: bool, epochs: int | None,
-             preset: str | None = None):
+    def plan(
+        corpus: str,
+        source: str,
+        identities: int,
+        work: Path,
+        resume: bool,
+        epochs: int | None,
+        preset: str | None = None,
+    ):
         """The command lines for a corpus choice ('synthetic' or 'facescape')."""
         work = Path(work)
         data, cache, run = work / "corpus", work / "cache", work / "run"
         steps: list[tuple[str, list[str]]] = []
         if not resume:
             if corpus == "synthetic":
-                steps.append(("Generating corpus", ["synth", "--identities", str(identities), "--out", str(data)]))
+                steps.append(
+                    ("Generating corpus", ["synth", "--identities", str(identities), "--out", str(data)])
+                )
                 src = data
             else:
                 src = Path(source)
@@ -384,7 +394,11 @@ class TrainingProcess(QObject):
                     self.text.emit(line)
                 else:
                     if isinstance(rec, dict):
-                        if "step" not in rec or "checkpoint" in rec or not (self.run_dir / "log.jsonl").exists():
+                        if (
+                            "step" not in rec
+                            or "checkpoint" in rec
+                            or not (self.run_dir / "log.jsonl").exists()
+                        ):
                             self.logged.emit(rec)
                         self.text.emit(line)
                         continue
@@ -427,6 +441,8 @@ class TrainingProcess(QObject):
         model = self.run_dir / "model.safetensors"  # the inference checkpoint (state.* is for resume)
         if model.exists():
             return model
-        found = sorted((p for p in self.run_dir.rglob("*.safetensors") if not p.name.startswith("state")),
-                       key=lambda p: p.stat().st_mtime)
+        found = sorted(
+            (p for p in self.run_dir.rglob("*.safetensors") if not p.name.startswith("state")),
+            key=lambda p: p.stat().st_mtime,
+        )
         return found[-1] if found else None

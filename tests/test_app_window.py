@@ -6,7 +6,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import stat
-
 import threading
 import time
 
@@ -27,13 +26,16 @@ from app.workers import Job, LatestValue, TrainingProcess
 @pytest.fixture
 def window(qtbot, tmp_path):
     def make(**kw):
-        w = MainWindow(fake_face_model(**kw), use_3d=False,
-                       settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+        w = MainWindow(
+            fake_face_model(**kw),
+            use_3d=False,
+            settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
+        )
         w.quiet = True
         w.confirm_close = lambda: True
         qtbot.addWidget(w)
         w.show()
-        qtbot.waitUntil(lambda: w.doc.mesh is not None, timeout=5000)
+        qtbot.waitUntil(lambda: w.doc.mesh is not None, timeout=10000)
         made.append(w)
         return w
 
@@ -47,8 +49,13 @@ def window(qtbot, tmp_path):
 def drop(widget, path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
-    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
-                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     widget.dropEvent(event)
     return event
 
@@ -63,14 +70,14 @@ def test_slider_drag_morphs_live_and_refines_on_release(window, qtbot):
     for v in range(0, 150, 10):
         slider.setValue(v)
         qtbot.wait(5)
-    qtbot.waitUntil(lambda: net.calls["morph"] > 0, timeout=3000)
+    qtbot.waitUntil(lambda: net.calls["morph"] > 0, timeout=10000)
     slider.setSliderDown(False)
-    qtbot.waitUntil(lambda: net.calls["extract"] > extracts, timeout=3000)
+    qtbot.waitUntil(lambda: net.calls["extract"] > extracts, timeout=10000)
     assert w.doc.undo_stack.count() == 1
     assert not np.allclose(w.doc.mesh.vertices, before)
     w.doc.undo_stack.undo()
     assert slider.value() == 0
-    qtbot.waitUntil(lambda: np.allclose(w.doc.mesh.vertices, before, atol=1e-6), timeout=3000)
+    qtbot.waitUntil(lambda: np.allclose(w.doc.mesh.vertices, before, atol=1e-6), timeout=10000)
 
 
 def test_drop_scan_fits_and_overlays(window, qtbot, tmp_path):
@@ -94,21 +101,27 @@ def test_drag_enter_accepts_files_only(window):
     w = window()
     mime = QMimeData()
     mime.setText("hello")
-    ev = QDragEnterEvent(QPointF(1, 1).toPoint(), Qt.DropAction.CopyAction, mime,
-                         Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    ev = QDragEnterEvent(
+        QPointF(1, 1).toPoint(),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     w.dragEnterEvent(ev)
     assert not ev.isAccepted()
 
 
-@pytest.mark.parametrize("name,content", [("notes.txt", "hello"), ("broken.obj", "v 1 2\nf x y z\n"),
-                                          ("empty.ply", "")])
+@pytest.mark.parametrize(
+    "name,content", [("notes.txt", "hello"), ("broken.obj", "v 1 2\nf x y z\n"), ("empty.ply", "")]
+)
 def test_bad_scan_gives_one_clear_error_and_keeps_state(window, qtbot, tmp_path, name, content):
     w = window()
     w.doc.set_slider("id", 0, 1.0)
     codes, steps = w.doc.codes.copy(), w.doc.undo_stack.count()
     (tmp_path / name).write_text(content)
     drop(w, tmp_path / name)
-    qtbot.waitUntil(lambda: len(w.errors) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: len(w.errors) == 1, timeout=10000)
     assert w.errors[0].startswith("Cannot open scan:") and "\n" not in w.errors[0]
     assert w.doc.codes.equals(codes) and w.doc.undo_stack.count() == steps and w.doc.scan is None
 
@@ -119,7 +132,7 @@ def test_broken_checkpoint_keeps_session(window, qtbot, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
     drop(w, bad)
-    qtbot.waitUntil(lambda: len(w.errors) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: len(w.errors) == 1, timeout=10000)
     assert w.errors[0].startswith("Cannot load checkpoint:")
     assert w.doc.face_model is fm
 
@@ -137,11 +150,11 @@ def test_cancel_fit(window, qtbot, tmp_path):
     w = window(fit_steps=2000, fit_sleep=0.005)
     codes = w.doc.codes.copy()
     drop(w, synthetic_scan(tmp_path / "scan.obj"))
-    qtbot.waitUntil(lambda: w.fit_job is not None and len(w.fit_panel.plot.points()) > 2, timeout=5000)
+    qtbot.waitUntil(lambda: w.fit_job is not None and len(w.fit_panel.plot.points()) > 2, timeout=10000)
     job = w.fit_job
     t0 = time.monotonic()
     w.cancel_jobs()
-    qtbot.waitUntil(lambda: not job.running, timeout=3000)
+    qtbot.waitUntil(lambda: not job.running, timeout=10000)
     assert time.monotonic() - t0 < 2
     assert w.doc.fit is None and w.doc.codes.equals(codes) and w.errors == []
 
@@ -156,7 +169,7 @@ def test_job_cancel_and_latest_value(qtbot):
 
     job = Job("count", work)
     job.progress.connect(seen.append)
-    with qtbot.waitSignal(job.cancelledSignal, timeout=3000):
+    with qtbot.waitSignal(job.cancelledSignal, timeout=10000):
         job.start()
         qtbot.waitUntil(lambda: len(seen) > 3, timeout=2000)
         job.cancel()
@@ -184,12 +197,12 @@ def test_export_formats(window, qtbot, tmp_path):
 
     w = window()
     w.doc.set_color_mode("coords")
-    qtbot.waitUntil(lambda: w.doc.mesh.colors is not None, timeout=3000)
+    qtbot.waitUntil(lambda: w.doc.mesh.colors is not None, timeout=10000)
     for fmt in ("obj", "ply", "stl", "glb"):
         path = tmp_path / f"face.{fmt}"
         w.export_mesh(str(path))
-        qtbot.waitUntil(path.exists, timeout=5000)
-    qtbot.waitUntil(lambda: "millimetres" in w.export_panel.info.text(), timeout=3000)
+        qtbot.waitUntil(path.exists, timeout=10000)
+    qtbot.waitUntil(lambda: "millimetres" in w.export_panel.info.text(), timeout=10000)
     ply = trimesh.load(tmp_path / "face.ply", process=False)
     assert ply.vertices.shape[0] == w.doc.mesh.vertices.shape[0]
     assert np.abs(ply.vertices).max() > 10  # millimetres, not model units
@@ -200,7 +213,7 @@ def test_color_modes_follow_morphs_and_undo(window, qtbot):
     w = window()
     for mode in ("coords", "checker", "uv"):
         w.doc.set_color_mode(mode)
-        qtbot.waitUntil(lambda: w.doc.mesh.colors is not None and not w.jobs.busy, timeout=3000)
+        qtbot.waitUntil(lambda: w.doc.mesh.colors is not None and not w.jobs.busy, timeout=10000)
     colors = w.doc.mesh.colors.copy()
     w.doc.begin_drag()
     w.doc.set_slider("id", 0, 2.0)
@@ -210,8 +223,9 @@ def test_color_modes_follow_morphs_and_undo(window, qtbot):
     w.doc.undo_stack.undo()  # the slider
     w.doc.undo_stack.undo()  # uv
     assert w.doc.color_mode == "checker"
-    img = backend.texture_colors(np.random.default_rng(0).uniform(-1, 1, (50, 3)), "image",
-                                 np.zeros((4, 4, 3), np.uint8) + 200)
+    img = backend.texture_colors(
+        np.random.default_rng(0).uniform(-1, 1, (50, 3)), "image", np.zeros((4, 4, 3), np.uint8) + 200
+    )
     assert img.shape == (50, 3) and (img == 200).all()
 
 
@@ -219,7 +233,7 @@ def test_correspondence_match(window, qtbot):
     w = window()
     w.doc.store_slot("B")
     w.corr_panel.compare.setChecked(True)
-    qtbot.waitUntil(lambda: "other" in w.viewport.data, timeout=5000)
+    qtbot.waitUntil(lambda: "other" in w.viewport.data, timeout=10000)
     j = w.match("face", 100)
     assert j == 100  # same template coordinates on both faces
     assert "other_marks" in w.viewport.data
@@ -227,8 +241,10 @@ def test_correspondence_match(window, qtbot):
 
 def test_training_process_logs_and_stops(qtbot, tmp_path):
     fake = tmp_path / "fakepython"
-    fake.write_text('#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8 9 10; do echo "{\\"step\\": $i, \\"loss\\": 0.$i}"; '
-                    'echo plain text; sleep 0.05; done\nsleep 30\n')
+    fake.write_text(
+        '#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8 9 10; do echo "{\\"step\\": $i, \\"loss\\": 0.$i}"; '
+        "echo plain text; sleep 0.05; done\nsleep 30\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     proc = TrainingProcess(python=str(fake))
     logs, states = [], []
@@ -238,9 +254,9 @@ def test_training_process_logs_and_stops(qtbot, tmp_path):
     assert [s[1][0] for s in steps] == ["synth", "prepare", "train"]
     assert "--resume" in TrainingProcess.plan("synthetic", "", 3, tmp_path, True, None)[0][-1][1]
     proc.start(steps[-1:], run)
-    qtbot.waitUntil(lambda: len(logs) >= 5, timeout=5000)
+    qtbot.waitUntil(lambda: len(logs) >= 5, timeout=10000)
     proc.stop()
-    qtbot.waitUntil(lambda: "stopped" in states, timeout=5000)
+    qtbot.waitUntil(lambda: "stopped" in states, timeout=10000)
     assert logs[0] == {"step": 1, "loss": 0.1}
     assert not proc.running
 
@@ -280,8 +296,11 @@ def test_latency_probe_during_fit(window, qtbot, tmp_path):
 def test_training_process_tails_log_jsonl(qtbot, tmp_path):
     fake = tmp_path / "fakepython"
     run = tmp_path / "run"
-    fake.write_text(f'#!/bin/sh\nmkdir -p {run}\nfor i in 1 2 3 4; do echo "{{\\"step\\": $i, \\"total\\": 0.$i}}" >> {run}/log.jsonl; sleep 0.1; done\n'
-                    f'touch {run}/state.safetensors {run}/model.safetensors\n')
+    fake.write_text(
+        f"#!/bin/sh\nmkdir -p {run}\nfor i in 1 2 3 4; do "
+        f'echo "{{\\"step\\": $i, \\"total\\": 0.$i}}" >> {run}/log.jsonl; sleep 0.1; done\n'
+        f"touch {run}/state.safetensors {run}/model.safetensors\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     proc = TrainingProcess(python=str(fake))
     logs, states = [], []
@@ -299,7 +318,7 @@ def test_manual_landmark_picking_then_fit(window, qtbot, tmp_path):
     w = window()
     w.auto_fit = False
     w.open_scan(str(synthetic_scan(tmp_path / "scan.obj")))
-    qtbot.waitUntil(lambda: w.doc.scan is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.doc.scan is not None, timeout=10000)
     w.fit_panel.pick_btn.setChecked(True)
     assert w.picking_landmarks and w.view_mode == "scan"
     verts = w.doc.scan.mesh.vertices

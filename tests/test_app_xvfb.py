@@ -20,8 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_real_window_under_xvfb(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("QT_QPA_PLATFORM", None)
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "app.smoke",
-           "--out", str(tmp_path), "--fake"]
+    cmd = [
+        "xvfb-run",
+        "-a",
+        "-s",
+        "-screen 0 1600x1000x24",
+        sys.executable,
+        "-m",
+        "app.smoke",
+        "--out",
+        str(tmp_path),
+        "--fake",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     report = tmp_path / "smoke.json"
     assert report.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]

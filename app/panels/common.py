@@ -53,14 +53,17 @@ class LossPlot(QWidget):
         w, h = self.width() - 50, self.height() - 30
         for k, (name, pts) in enumerate(self.series.items()):
             poly = QPolygonF(
-                [QPointF(44 + (x - x0) / (x1 - x0) * w, 20 + (1 - (math.log10(y) - y0) / (y1 - y0)) * h) for x, y in pts]
+                [
+                    QPointF(44 + (x - x0) / (x1 - x0) * w, 20 + (1 - (math.log10(y) - y0) / (y1 - y0)) * h)
+                    for x, y in pts
+                ]
             )
             p.setPen(QPen(self.colors[k % len(self.colors)], 1.5))
             p.drawPolyline(poly)
             p.drawText(self.width() - 110, 14 + 12 * k, f"{name} {pts[-1][1]:.3g}")
         p.setPen(QColor("#888888"))
-        p.drawText(2, 26, f"{10 ** y1:.2g}")
-        p.drawText(2, 20 + h, f"{10 ** y0:.2g}")
+        p.drawText(2, 26, f"{10**y1:.2g}")
+        p.drawText(2, 20 + h, f"{10**y0:.2g}")
         p.drawText(44, self.height() - 2, f"{x0:g}")
         p.drawText(self.width() - 60, self.height() - 2, f"{x1:g}")
         p.end()

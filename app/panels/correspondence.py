@@ -4,7 +4,7 @@ on one face and see its match on the other."""
 from __future__ import annotations
 
 from PyQt6.QtCore import pyqtSignal
-from PyQt6.QtWidgets import QCheckBox, QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QCheckBox, QComboBox, QLabel, QVBoxLayout, QWidget
 
 MODES = {
     "Plain shading": "shaded",
@@ -30,8 +30,12 @@ class CorrespondencePanel(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(_wrapped("Colours are painted in template space, so they follow the face "
-                             "through morphs and onto fitted scans."))
+        lay.addWidget(
+            _wrapped(
+                "Colours are painted in template space, so they follow the face "
+                "through morphs and onto fitted scans."
+            )
+        )
         self.mode = QComboBox()
         self.mode.setObjectName("color_mode")
         self.mode.addItems(list(MODES))

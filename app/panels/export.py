@@ -21,11 +21,17 @@ class ExportPanel(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(_wrapped("Meshes are written in millimetres (model units x 100).\n"
-                             "OBJ, PLY and GLB keep the vertex colours; STL has none."))
-        for text, sig in (("Export mesh...", self.meshRequested),
-                          ("Export expression rig (20 FaceScape expressions)...", self.rigRequested),
-                          ("Save screenshot...", self.screenshotRequested)):
+        lay.addWidget(
+            _wrapped(
+                "Meshes are written in millimetres (model units x 100).\n"
+                "OBJ, PLY and GLB keep the vertex colours; STL has none."
+            )
+        )
+        for text, sig in (
+            ("Export mesh...", self.meshRequested),
+            ("Export expression rig (20 FaceScape expressions)...", self.rigRequested),
+            ("Save screenshot...", self.screenshotRequested),
+        ):
             b = QPushButton(text)
             b.clicked.connect(sig)
             lay.addWidget(b)

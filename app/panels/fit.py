@@ -8,7 +8,13 @@ from PyQt6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBox
 
 from app.panels.common import LossPlot
 
-LANDMARK_NAMES = ("right eye outer corner", "left eye outer corner", "nose tip", "right mouth corner", "left mouth corner")
+LANDMARK_NAMES = (
+    "right eye outer corner",
+    "left eye outer corner",
+    "nose tip",
+    "right mouth corner",
+    "left mouth corner",
+)
 
 
 class FitPanel(QWidget):
@@ -21,8 +27,10 @@ class FitPanel(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        hint = QLabel("Drop a scan (OBJ, PLY, STL, OFF, GLB, point cloud) on the window, or open one. "
-                      "It is aligned automatically and fitted; the fitted face becomes the current face.")
+        hint = QLabel(
+            "Drop a scan (OBJ, PLY, STL, OFF, GLB, point cloud) on the window, or open one. "
+            "It is aligned automatically and fitted; the fitted face becomes the current face."
+        )
         hint.setWordWrap(True)
         lay.addWidget(hint)
         row = QHBoxLayout()
@@ -49,8 +57,14 @@ class FitPanel(QWidget):
         self.loss_label = QLabel("-")
         self.result_label = QLabel("-")
         self.result_label.setWordWrap(True)
-        for r, (name, w) in enumerate((("Scan", self.scan_label), ("Iteration", self.iter_label),
-                                       ("Loss", self.loss_label), ("Residual", self.result_label))):
+        for r, (name, w) in enumerate(
+            (
+                ("Scan", self.scan_label),
+                ("Iteration", self.iter_label),
+                ("Loss", self.loss_label),
+                ("Residual", self.result_label),
+            )
+        ):
             g.addWidget(QLabel(name), r, 0)
             g.addWidget(w, r, 1)
         lay.addLayout(g)

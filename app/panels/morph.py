@@ -201,7 +201,10 @@ class MorphPanel(QWidget):
         fm = self.doc.face_model
         text = f"<b>Model:</b> {fm.label}"
         if not fm.trained:
-            text += "<br><span style='color:#e57373'>Untrained model: faces are not meaningful. Train one (Training panel) or open a checkpoint.</span>"
+            text += (
+                "<br><span style='color:#e57373'>Untrained model: faces are not meaningful. "
+                "Train one (Training panel) or open a checkpoint.</span>"
+            )
         self.model_label.setText(text)
         have = set(fm.expression_codes)
         for i, name in enumerate(FACESCAPE_EXPRESSIONS):
@@ -235,7 +238,10 @@ class MorphPanel(QWidget):
         ok = s.get("A") is not None and s.get("B") is not None
         self.interp.setEnabled(ok)
         self.slot_label.setText(
-            "A: " + ("stored" if s.get("A") is not None else "-") + "   B: " + ("stored" if s.get("B") is not None else "-")
+            "A: "
+            + ("stored" if s.get("A") is not None else "-")
+            + "   B: "
+            + ("stored" if s.get("B") is not None else "-")
         )
 
     def sync(self):

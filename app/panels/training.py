@@ -142,7 +142,11 @@ class TrainingPanel(QWidget):
         ckpt = self.proc.checkpoint()
         if ckpt is None:
             run = Path(self.work.text()) / "run"
-            found = sorted(p for p in run.rglob("*.safetensors") if not p.name.startswith("state")) if run.exists() else []
+            found = (
+                sorted(p for p in run.rglob("*.safetensors") if not p.name.startswith("state"))
+                if run.exists()
+                else []
+            )
             ckpt = found[-1] if found else None
         if ckpt is None:
             self.error.emit("no checkpoint written yet in the work folder")
