@@ -557,11 +557,12 @@ def fit(
         config = cfg_mod.FitConfig() if hasattr(cfg_mod, "FitConfig") else None
 
     def _progress(info, loss=None, mesh=None):
-        if isinstance(info, dict):
+        if isinstance(info, dict):  # imface.fit: {"iteration", "iterations", "loss"[, "mesh"]}
+            mesh = info.get("mesh")
             progress(
                 int(info.get("iteration", 0)),
                 float(info.get("loss", float("nan"))),
-                None,
+                None if mesh is None else MeshData.from_any(mesh),
                 int(info.get("iterations", 0)),
             )
         else:

@@ -31,6 +31,7 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--fake", action="store_true", help="use the analytic test double (fast, no torch model)")
     p.add_argument("--checkpoint")
     p.add_argument("--shots", action="store_true", help="also save one screenshot per panel")
+    p.add_argument("--train-log", help="a RUN/log.jsonl to show in the training panel screenshot")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def run(argv: list[str] | None = None) -> int:
     img = w.viewport.screenshot(str(out / "face.png"))
     result["face_pixels"] = face_pixel_fraction(img)
     if args.shots:
-        shoot_panels(w, app, out, pump)
+        shoot_panels(w, app, out, pump, args.train_log)
 
     # drop a synthetic scan; measure latency while it is fitted
     scan = synthetic_scan(out / "scan.obj")
@@ -135,7 +136,7 @@ def run(argv: list[str] | None = None) -> int:
     return 0 if result["passed"] else 1
 
 
-def shoot_panels(w, app, out: Path, pump):
+def shoot_panels(w, app, out: Path, pump, train_log: str | None = None):
     """One PNG of the window per panel (for the README)."""
 
     def settle():
@@ -160,12 +161,18 @@ def shoot_panels(w, app, out: Path, pump):
     w.corr_panel.compare.setChecked(False)
     w.doc.set_color_mode("coords")
     w.docks["Training"].raise_()
-    for i in range(1, 60):
-        w.train_panel.plot.add(i, 2.0 / i**0.7, "loss")
-        w.train_panel.plot.add(i, 0.5 / i**0.9, "sdf")
-    w.train_panel.log.appendPlainText(
-        "$ python -m imface train --corpus cache --out run\n(illustration: plotted values are synthetic)"
-    )
+    if train_log:
+        w.train_panel.log.appendPlainText(
+            f"$ python -m imface train --corpus cache --out {Path(train_log).parent}"
+        )
+        for line in Path(train_log).read_text().splitlines():
+            w.train_panel._logged(json.loads(line))
+        w.train_panel.log.appendPlainText(f"{len(w.train_panel.plot.points())} logged steps")
+    else:
+        for i in range(1, 60):
+            w.train_panel.plot.add(i, 2.0 / i**0.7, "loss")
+            w.train_panel.plot.add(i, 0.5 / i**0.9, "sdf")
+        w.train_panel.log.appendPlainText("(illustration: plotted values are synthetic)")
     settle()
     w.grab().save(str(out / "panel_training.png"))
     w.docks["Export"].raise_()
