@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def load_model(path: str, steps: int):
     )
 
 
+def log(message: str) -> None:
+    print(f"[morph benchmark] {message}", file=sys.stderr, flush=True)
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -63,15 +68,15 @@ def step_codes(codes: Codes, exp: float = 0.0, ident: float = 0.0, seed: int = 1
     return Codes(z_id, z_exp)
 
 
-def morph_ticks(model, base_mesh, c0, c1, ticks: int):
+def morph_ticks(model, base_mesh, c0, c1, ticks: int, preview: bool = False):
     """A slider drag from c0 to c1 in `ticks` steps; returns (first tick ms, mean later tick ms,
-    final result, engine)."""
+    final result, engine). The first tick also computes the exact Jacobians."""
     engine = MorphEngine(model, base_mesh, c0)
     times, result = [], None
     for k in range(1, ticks + 1):
         t = k / ticks
         codes = Codes(c0.z_id + t * (c1.z_id - c0.z_id), c0.z_exp + t * (c1.z_exp - c0.z_exp))
-        result = engine.morph(codes)
+        result = engine.morph(codes, preview=preview)
         times.append(result.ms)
     return times[0], sum(times[1:]) / max(len(times) - 1, 1), result, engine
 
@@ -101,20 +106,27 @@ def main() -> None:
 
     base, _ = timed(lambda: extract_narrow_band(face_sdf(model, c0), res, coarse))
     band, band_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse))
-    reuse, reuse_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base))
-    dense, dense_ms = timed(lambda: extract_dense(face_sdf(model, c1), res))
+    reuse, reuse_ms = timed(
+        lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base)
+    )
+    log(f"narrow band {band_ms:.0f} ms ({band.fraction_evaluated:.3f}), reuse {reuse_ms:.0f} ms")
 
     r_morph = resolution_for(args.morph_vertices, base.mesh, res)
     morph_base = extract_narrow_band(face_sdf(model, c0), r_morph, max(16, r_morph // 4)).mesh
     first_ms, tick_ms, morph, engine = morph_ticks(model, morph_base, c0, c1, args.ticks)
+    _, preview20_ms, preview20, _ = morph_ticks(model, morph_base, c0, c1, args.ticks, True)
     _, id_tick_ms, morph_id, _ = morph_ticks(model, morph_base, c0, c_id, args.ticks)
-    # Identity-step reference: the narrow band (equal to dense, see above); a second dense
-    # pass would double the run time.
-    dense_id = extract_narrow_band(face_sdf(model, c_id), res, coarse).mesh
+    # Identity-step reference: the (reused) narrow band, equal to dense (checked above for c1);
+    # a second dense pass would double the run time.
+    dense_id = extract_narrow_band(face_sdf(model, c_id), res, coarse, previous=base).mesh
 
+    log(f"morph ticks {tick_ms:.0f} / preview {preview20_ms:.0f} / identity {id_tick_ms:.0f} ms")
     r_prev = resolution_for(args.preview_vertices, base.mesh, res)
     prev_base = extract_narrow_band(face_sdf(model, c0), r_prev, max(16, r_prev // 4)).mesh
-    _, preview_ms, preview, prev_engine = morph_ticks(model, prev_base, c0, c1, args.ticks)
+    _, preview_ms, preview, prev_engine = morph_ticks(model, prev_base, c0, c1, args.ticks, True)
+    log(f"preview ticks {preview_ms:.0f} ms at {prev_base.num_vertices} vertices; dense next")
+    # Dense last: by far the slowest pass (the official method, the reference for every Chamfer).
+    dense, dense_ms = timed(lambda: extract_dense(face_sdf(model, c1), res))
 
     out = {
         "benchmark": "morph",
@@ -140,9 +152,12 @@ def main() -> None:
         "morph_speedup_vs_dense": round(dense_ms / tick_ms, 1),
         "morph_failed": morph.failed,
         "morph_chamfer_mm": round(chamfer_mm(engine.mesh(morph), dense), 5),
+        "morph_preview_tick_ms": round(preview20_ms, 1),
+        "morph_preview_failed": preview20.failed,
+        "morph_preview_chamfer_mm": round(chamfer_mm(engine.mesh(preview20), dense), 5),
         "morph_identity_tick_ms": round(id_tick_ms, 1),
         "morph_identity_failed": morph_id.failed,
-        "morph_identity_chamfer_mm": round(chamfer_mm(engine.mesh(morph_id), dense_id), 5),
+        "morph_identity_chamfer_mm_vs_band": round(chamfer_mm(engine.mesh(morph_id), dense_id), 5),
         "preview_vertices": prev_base.num_vertices,
         "preview_tick_ms": round(preview_ms, 1),
         "preview_chamfer_mm": round(chamfer_mm(prev_engine.mesh(preview), dense), 5),
@@ -150,11 +165,13 @@ def main() -> None:
     out["targets"] = {
         "narrow_band_fraction<=0.15": out["narrow_band_fraction"] <= 0.15,
         "narrow_band_chamfer<0.05mm": out["narrow_band_chamfer_mm"] < 0.05,
-        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1) <= 0.01,
+        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1)
+        <= 0.01,
         "morph_speedup>=50": out["morph_speedup_vs_dense"] >= 50,
         "morph_chamfer<0.1mm": out["morph_chamfer_mm"] < 0.1,
-        "preview_tick<=250ms": out["preview_tick_ms"] <= 250,
-        "morph_tick_20k<=250ms": out["morph_tick_ms"] <= 250,
+        "preview_tick_20k<=250ms": out["morph_preview_tick_ms"] <= 250,
+        "preview_tick_5k<=250ms": out["preview_tick_ms"] <= 250,
+        "verified_tick_20k<=250ms": out["morph_tick_ms"] <= 250,
     }
     print(json.dumps(out))
 

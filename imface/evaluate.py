@@ -40,7 +40,12 @@ class Evaluator:
         self.records = {r["key"]: r for r in corpus.scans}
         latent = checkpoint.config.id_dim + checkpoint.config.exp_dim
         meshes = np.stack([np.asarray(corpus.load(k)["registered_vertices"]) for k in train_keys])
-        self.pca = PCAModel.build(meshes, corpus.registered_faces(), latent)
+        faces = corpus.registered_faces
+        if faces is None:
+            raise UserError(
+                f"{corpus.root}: no registered topology; the PCA baseline needs a synthetic corpus"
+            )
+        self.pca = PCAModel.build(meshes, faces, latent)
         self.fits: dict[str, dict] = {}
 
     # -- per scan --------------------------------------------------------------------------

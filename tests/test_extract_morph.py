@@ -132,3 +132,20 @@ def test_morph_from_template_topology(face):
     result = engine.morph(c0)
     assert result.failed == 0 and result.max_sdf < 5e-3
     np.testing.assert_array_equal(engine.mesh(result).faces, template.faces)
+
+
+def test_preview_ticks_follow_a_drag_with_one_evaluation():
+    model = tiny_model()
+    patch_expression(model, lambda x, z: rotate_z(x, z[0] * (x * x).sum(-1)) + z[1])
+    mesh = sphere_mesh()
+    engine = MorphEngine(model, mesh, codes([0.0, 0.0]))
+    target = torch.from_numpy(mesh.vertices)
+    for k in range(1, 11):
+        a = 0.03 * k
+        result = engine.morph(codes([a, 0.0]), preview=True)
+        assert result.iterations == 1 and result.preview and result.converged.all()
+        x = torch.from_numpy(result.vertices)
+        error = (rotate_z(x, torch.tensor(a) * x.pow(2).sum(-1)) - target).norm(dim=-1).max()
+        assert error < 2e-4  # second order in the slider step, not accumulating
+    final = engine.morph(codes([0.3, 0.0]))  # on release: verified solve
+    assert final.failed == 0 and not final.preview

@@ -36,22 +36,27 @@ def sphere_samples(rng, centre, radius, surface=512, space=256):
 
 def write_sphere_cache(root, identities=2, expressions=3):
     """A real prepared cache whose people are spheres and whose expressions shift them."""
-    from imface.data.corpus import write_index, write_scan
+    from imface.data.corpus import write_index
 
     rng = np.random.default_rng(0)
+    records = []
     for i in range(identities):
         for e in range(expressions):
             key = f"{i:03d}/{e + 1}_expr"
-            record = {
-                "key": key,
-                "identity": f"{i:03d}",
-                "expression": f"{e + 1}_expr",
-                "neutral": e == 0,
-                "dir": key,
-            }
-            arrays = sphere_samples(rng, np.array([0.0, 0.05 * e, 0.0]), 0.35 + 0.1 * i)
-            write_scan(root, record, arrays, np.eye(4))
-    write_index(root, "spheres")
+            records.append(
+                {
+                    "key": key,
+                    "identity": f"{i:03d}",
+                    "expression": f"{e + 1}_expr",
+                    "neutral": e == 0,
+                    "dir": key,
+                }
+            )
+            folder = root / key
+            folder.mkdir(parents=True)
+            for name, value in sphere_samples(rng, np.array([0.0, 0.05 * e, 0.0]), 0.35 + 0.1 * i).items():
+                np.save(folder / f"{name}.npy", value)
+    write_index(root, records)
     return root
 
 

@@ -312,7 +312,7 @@ def align_scan(vertices, faces_or_none=None, unit: str | None = None, path: str 
     if not given:  # the guessed unit may be wrong (inches, a scaled export): let scale go free
         free = _icp(tree, pts, tmpl, tmpl.upper, m, 15, 0.1, True, plane=True, upper=True)
         s_free = float(np.cbrt(np.linalg.det(free[0][:3, :3])))
-        if abs(s_free / scale0 - 1) > 0.12:  # real heads vary less than this: keep the unit
+        if abs(s_free / scale0 - 1) > 0.25:  # heads vary less; units differ by >= 2.54x
             m, rms, inl, _ = free
             s, unit = s_free, None
     m = _snap_nose(m, np.vstack([pts, v]))

@@ -1,14 +1,17 @@
-"""The prepared corpus: a cache of per-scan SDF samples (memory-mapped .npy files).
+"""The prepared cache: what ``imface prepare`` writes and what training and evaluation read.
 
-    CACHE/index.json                    {"format": "imface-cache", "version": 1, "scans": [...]}
-    CACHE/registered_faces.npy          triangles of the registered topology (synthetic corpora)
-    CACHE/<id>/<k>_<name>/*.npy         surface_points, surface_normals, space_points, space_sdf,
-                                        space_grad, landmarks68, landmarks5, gt_vertices, gt_faces,
-                                        registered_vertices (synthetic only); all in the model frame
-    CACHE/<id>/<k>_<name>/scan.json     the record, and the scan -> model transform
+    CACHE/index.json      {"version": 1, "scans": [record, ...]}; record = {"key": "<id>/<k>_<name>",
+                          "identity", "expression", "neutral", "dir" (relative), "landmarks":
+                          "given" | "estimated", "source"}
+    CACHE/registered_faces.npy     (synthetic corpora) faces of registered_vertices.npy
+    CACHE/<id>/<k>_<name>/         one folder per scan, all arrays float32 .npy (np.load mmap):
+        surface_points (Ns,3), surface_normals (Ns,3), space_points (Nu,3), space_sdf (Nu,),
+        space_grad (Nu,3), landmarks68 (68,3), landmarks5 (5,3), gt_vertices, gt_faces (the
+        cropped hidden-surface-free mesh), sheet_vertices, sheet_faces, registered_vertices
+        (synthetic only, (4200,3)), transform.json (scan frame -> model frame, and back)
 
-A scan folder counts only once its scan.json exists (written last), so an interrupted
-`prepare` loses at most the scan in flight.
+Everything is in the model frame. A scan folder appears only when complete (written under a
+temporary name, then renamed), so an interrupted run loses at most the scans in flight.
 """
 
 from __future__ import annotations
@@ -20,43 +23,33 @@ import numpy as np
 
 from imface.errors import UserError
 
-FORMAT = "imface-cache"
-VERSION = 1
-RECORD_FILE = "scan.json"
-ARRAYS = (
-    "surface_points",
-    "surface_normals",
-    "space_points",
-    "space_sdf",
-    "space_grad",
-    "landmarks68",
-    "landmarks5",
-    "gt_vertices",
-    "gt_faces",
-)
+INDEX = "index.json"
+ARRAYS = ("surface_points", "surface_normals", "space_points", "space_sdf", "space_grad",
+          "landmarks68", "landmarks5", "gt_vertices", "gt_faces")
 
 
 class Corpus:
     def __init__(self, root: Path, scans: list[dict]):
-        self.root = root
+        self.root = Path(root)
         self.scans = scans
         self._by_key = {s["key"]: s for s in scans}
 
     @classmethod
-    def open(cls, root: str | Path) -> Corpus:
-        root = Path(root)
-        index = root / "index.json"
+    def open(cls, cache_dir) -> Corpus:
+        root = Path(cache_dir)
+        index = root / INDEX
         if not index.exists():
-            raise UserError(f"{root}: not a prepared corpus (no index.json; run `python -m imface prepare`)")
+            raise UserError(f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
+                            "prepare SRC --out CACHE)")
         try:
             data = json.loads(index.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{index}: unreadable ({exc})") from None
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise UserError(f"{index}: not an imface cache of version {VERSION}")
-        if not data.get("scans"):
-            raise UserError(f"{root}: the corpus holds no scans")
-        return cls(root, sorted(data["scans"], key=lambda s: s["key"]))
+        return cls(root, data["scans"])
+
+    @property
+    def keys(self) -> list[str]:
+        return [s["key"] for s in self.scans]
 
     @property
     def identities(self) -> list[str]:
@@ -64,67 +57,66 @@ class Corpus:
 
     @property
     def expressions(self) -> list[str]:
-        return sorted({s["expression"] for s in self.scans})
-
-    def split(self, test_identities: float, seed: int = 0) -> tuple[list[str], list[str]]:
-        """(train keys, test keys), held out by identity: a count (>= 1) or a fraction (< 1)."""
-        people = self.identities
-        count = int(test_identities) if test_identities >= 1 else round(len(people) * test_identities)
-        count = min(max(count, 0), len(people) - 1)
-        order = np.random.default_rng(seed).permutation(len(people))
-        held_out = {people[i] for i in order[:count]}
-        train = [s["key"] for s in self.scans if s["identity"] not in held_out]
-        test = [s["key"] for s in self.scans if s["identity"] in held_out]
-        return train, test
-
-    def split_for(self, trained_identities: list[str]) -> tuple[list[str], list[str]]:
-        """(train keys, test keys) for a model trained on these identities: every other person
-        is held out (so the split survives scans being added to the corpus later)."""
-        trained = set(trained_identities)
-        train = [s["key"] for s in self.scans if s["identity"] in trained]
-        test = [s["key"] for s in self.scans if s["identity"] not in trained]
-        return train, test
+        return sorted({s["expression"] for s in self.scans}, key=_expression_order)
 
     def record(self, key: str) -> dict:
-        return self._by_key[key]
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise UserError(f"{self.root}: no scan {key!r} in the cache") from None
 
-    def load(self, key: str) -> dict[str, np.ndarray]:
-        """The scan's arrays, memory-mapped (read-only)."""
-        folder = self.root / self._by_key[key]["dir"]
-        arrays = {}
-        for path in folder.glob("*.npy"):
-            arrays[path.stem] = np.load(path, mmap_mode="r")
-        return arrays
+    def split(self, test_identities: int | float, seed: int = 0) -> tuple[list[str], list[str]]:
+        """Train/test scan keys split by person; `test_identities` is a count (>= 1) or a
+        fraction (< 1)."""
+        ids = self.identities
+        n = int(test_identities) if test_identities >= 1 else int(round(test_identities * len(ids)))
+        if not 0 <= n <= len(ids):
+            raise UserError(f"cannot hold out {n} of {len(ids)} identities")
+        test = set(np.random.default_rng(seed).permutation(ids)[:n].tolist())
+        train = [s["key"] for s in self.scans if s["identity"] not in test]
+        return train, [s["key"] for s in self.scans if s["identity"] in test]
 
-    def registered_faces(self) -> np.ndarray:
-        path = self.root / "registered_faces.npy"
-        if not path.exists():
-            raise UserError(f"{self.root}: no registered topology (only synthetic corpora have one)")
-        return np.load(path)
+    def split_for(self, trained_identities: list[str]) -> tuple[list[str], list[str]]:
+        """(train keys, test keys) for a model trained on these identities: every other person is
+        held out (so the split survives scans being added to the cache later)."""
+        trained = set(trained_identities)
+        train = [s["key"] for s in self.scans if s["identity"] in trained]
+        return train, [s["key"] for s in self.scans if s["identity"] not in trained]
+
+    def scan_dir(self, key: str) -> Path:
+        return self.root / self.record(key)["dir"]
+
+    def load(self, key: str, mmap: bool = True) -> dict:
+        """The arrays of one scan (memory-mapped) plus its transform."""
+        folder = self.scan_dir(key)
+        out = {}
+        for f in folder.glob("*.npy"):
+            out[f.stem] = np.load(f, mmap_mode="r" if mmap else None)
+        t = folder / "transform.json"
+        if t.exists():
+            out["transform"] = json.loads(t.read_text())
+        return out
+
+    @property
+    def registered_faces(self) -> np.ndarray | None:
+        f = self.root / "registered_faces.npy"
+        return np.load(f) if f.exists() else None
+
+    def mean_landmarks5(self, keys=None, neutral_only: bool = True) -> np.ndarray:
+        """Mean 5 blend landmarks (template landmarks for a new model)."""
+        keys = self.keys if keys is None else keys
+        pick = [k for k in keys if self.record(k)["neutral"] or not neutral_only] or list(keys)
+        return np.mean([np.asarray(self.load(k)["landmarks5"]) for k in pick], axis=0)
 
 
-def write_index(root: Path, source: str) -> list[dict]:
-    """(Re)build index.json from the finished scan folders; atomic."""
-    scans = [json.loads(p.read_text())["record"] for p in sorted(root.glob(f"*/*/{RECORD_FILE}"))]
-    tmp = root / "index.json.tmp"
-    tmp.write_text(
-        json.dumps({"format": FORMAT, "version": VERSION, "source": source, "scans": scans}, indent=1)
-    )
-    tmp.replace(root / "index.json")
-    return scans
+def _expression_order(name: str):
+    head = name.split("_", 1)[0]
+    return (0, int(head), name) if head.isdigit() else (1, 0, name)
 
 
-def write_scan(root: Path, record: dict, arrays: dict[str, np.ndarray], transform: np.ndarray) -> None:
-    """Write one scan's arrays, then its scan.json last (the 'done' marker)."""
-    folder = root / record["dir"]
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, value in arrays.items():
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(value))
-    payload = {"record": record, "to_model": np.asarray(transform).tolist()}
-    tmp = folder / (RECORD_FILE + ".tmp")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(folder / RECORD_FILE)
-
-
-def is_done(root: Path, record_dir: str) -> bool:
-    return (root / record_dir / RECORD_FILE).exists()
+def write_index(root: Path, records: list[dict]) -> None:
+    root = Path(root)
+    records = sorted(records, key=lambda r: (r["identity"], _expression_order(r["expression"])))
+    tmp = root / (INDEX + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "scans": records}, indent=0))
+    tmp.replace(root / INDEX)

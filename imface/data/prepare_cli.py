@@ -1,138 +1,202 @@
-"""``python -m imface prepare SRC --out CACHE``: ImFace preprocessing of a corpus, in parallel.
+"""``python -m imface prepare SRC --out CACHE``: align, crop and sample every scan into the cache.
 
-SRC is a synthetic corpus (``python -m imface synth``: per-scan JSON with landmarks and the
-transform to the model frame). Each scan is moved to the model frame, cropped, freed of hidden
-surfaces, turned into a pseudo-watertight sheet and sampled (see `preprocess.py`). Finished scans
-are skipped on a re-run; an interrupted run loses at most the scans in flight.
+SRC is a synthetic corpus (``imface synth``), a FaceScape TU folder (``--landmarks
+landmark_indices.npz`` for landmark alignment; automatic alignment otherwise), or any folder of
+scans (automatic alignment). Scans run in parallel (``--workers``) with a progress bar; finished
+scans are skipped on a re-run; each scan's folder appears atomically when complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zlib
+import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
 from imface.config import BLEND_LANDMARK_IBUG68
-from imface.data.corpus import is_done, write_index, write_scan
-from imface.errors import MeshError, UserError
-
-
-def _apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return np.asarray(points, np.float64) @ transform[:3, :3].T + transform[:3, 3]
-
-
-def find_synthetic_scans(src: Path) -> list[dict]:
-    """Jobs for every scan of a synthetic corpus (DIR/<id>/<k>_<name>.ply + .json)."""
-    if not (src / "corpus.json").exists():
-        raise UserError(
-            f"{src}: not a synthetic corpus (no corpus.json); make one with `python -m imface synth`"
-        )
-    jobs = []
-    for meta_path in sorted(src.glob("*/*.json")):
-        mesh_path = meta_path.with_suffix(".ply")
-        if mesh_path.exists():
-            key = f"{meta_path.parent.name}/{meta_path.stem}"
-            jobs.append({"key": key, "mesh": str(mesh_path), "meta": str(meta_path)})
-    if not jobs:
-        raise UserError(f"{src}: no scans found")
-    return jobs
-
-
-def prepare_scan(job: dict, out: str, n_surface: int, n_space: int, seed: int) -> str:
-    """Preprocess one scan and write its cache folder; returns its key."""
-    import trimesh
-
-    from imface.data.preprocess import preprocess_mesh
-
-    meta = json.loads(Path(job["meta"]).read_text())
-    transform = np.asarray(meta["to_model"], dtype=np.float64)
-    mesh = trimesh.load(job["mesh"], process=False)
-    vertices = _apply(transform, mesh.vertices)
-    rng = np.random.default_rng([seed, zlib.crc32(job["key"].encode())])  # same samples every run
-    samples = preprocess_mesh(vertices, np.asarray(mesh.faces), n_surface, n_space, rng)
-    landmarks68 = _apply(transform, meta["landmarks68"]).astype(np.float32)
-    arrays = {
-        "surface_points": samples.surface_points,
-        "surface_normals": samples.surface_normals,
-        "space_points": samples.space_points,
-        "space_sdf": samples.space_sdf,
-        "space_grad": samples.space_grad,
-        "landmarks68": landmarks68,
-        "landmarks5": landmarks68[list(BLEND_LANDMARK_IBUG68)],
-        "gt_vertices": samples.visible_vertices,
-        "gt_faces": samples.visible_faces,
-    }
-    registered = Path(job["mesh"]).with_suffix(".reg.npy")
-    if registered.exists():
-        arrays["registered_vertices"] = _apply(transform, np.load(registered)).astype(np.float32)
-    record = {
-        "key": job["key"],
-        "identity": meta["identity"],
-        "expression": meta["expression"],
-        "neutral": bool(meta["neutral"]),
-        "dir": job["key"],
-        "synthetic": bool(meta.get("synthetic", False)),
-    }
-    write_scan(Path(out), record, arrays, transform)
-    return job["key"]
-
-
-def prepare(src, out, n_surface=250_000, n_space=15_000, workers=None, seed=0, progress=True) -> dict:
-    src, out = Path(src), Path(out)
-    jobs = find_synthetic_scans(src)
-    out.mkdir(parents=True, exist_ok=True)
-    faces = src / "anny_faces.npy"
-    if faces.exists():
-        np.save(out / "registered_faces.npy", np.load(faces))
-    todo = [j for j in jobs if not is_done(out, j["key"])]
-    workers = workers or max(1, os.cpu_count() or 1)
-    failures = _run(todo, out, str(src), n_surface, n_space, workers, seed, progress)
-    scans = write_index(out, str(src))
-    return {
-        "scans": len(scans),
-        "prepared": len(todo) - len(failures),
-        "skipped": len(jobs) - len(todo),
-        "failed": failures,
-    }
-
-
-def _run(todo, out, source, n_surface, n_space, workers, seed, progress) -> dict[str, str]:
-    from tqdm import tqdm
-
-    failures: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc="prepare", unit="scan", disable=not progress)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(prepare_scan, j, str(out), n_surface, n_space, seed): j["key"] for j in todo}
-        for future in as_completed(futures):
-            try:
-                future.result()
-            except (MeshError, UserError, ValueError, OSError) as exc:
-                failures[futures[future]] = str(exc)
-            bar.update(1)
-            if bar.n % 25 == 0:
-                write_index(out, source)  # keep a usable index while the run goes on
-    bar.close()
-    return failures
+from imface.data.corpus import INDEX, write_index
+from imface.data.facescape import ScanSource, find_scans
+from imface.errors import MeshError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("src", help="a synthetic corpus folder (python -m imface synth)")
+    parser.add_argument("src", help="synthetic corpus, FaceScape TU folder, or folder of scans")
     parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--surface", type=int, default=250_000, help="surface samples per scan (paper: 250k)")
-    parser.add_argument("--space", type=int, default=15_000, help="space samples per scan (paper: 15k)")
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    parser.add_argument("--surface", type=int, default=250_000,
+                        help="surface points per scan (paper: 250k)")
+    parser.add_argument("--space", type=int, default=15_000,
+                        help="points in the unit sphere per scan (paper: 15k)")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--landmarks", help="FaceScape landmark_indices.npz (key v10)")
+    parser.add_argument("--unit", choices=("m", "cm", "mm"), help="unit of the scans "
+                        "(default: from the corpus, or guessed from each scan's size)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="prepare only the first N scans")
 
 
 def run(args) -> int:
-    summary = prepare(args.src, args.out, args.surface, args.space, args.workers, args.seed)
-    for key, message in summary["failed"].items():
-        print(f"skipped {key}: {message}")
-    print(
-        json.dumps({k: v for k, v in summary.items() if k != "failed"} | {"failed": len(summary["failed"])})
-    )
-    return 0
+    kind, sources = find_scans(args.src, args.landmarks)
+    if args.limit:
+        sources = sources[: args.limit]
+    records, failed = prepare(sources, Path(args.out), args.surface, args.space,
+                              args.workers, args.seed, args.unit, kind)
+    print(f"{len(records)} scans ready in {args.out} ({kind} source)"
+          + (f"; {len(failed)} failed" if failed else ""))
+    for key, msg in failed[:20]:
+        print(f"  {key}: {msg}", file=sys.stderr)
+    return 0 if records else 1
+
+
+def prepare(sources: list[ScanSource], out: Path, n_surface=250_000, n_space=15_000,
+            workers=1, seed=0, unit=None, kind="scans", progress=True):
+    """Prepare every scan not already in the cache; returns (records, [(key, error)])."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob("**/.tmp-*"):  # leftovers of an interrupted run
+        shutil.rmtree(tmp, ignore_errors=True)
+    if kind == "synthetic":
+        _copy_registered_faces(sources, out)
+    records = _existing_records(out, sources)
+    todo = [s for s in sources if s.key not in records]
+    failed: list[tuple[str, str]] = []
+    bar = tqdm(total=len(sources), initial=len(sources) - len(todo), unit="scan",
+               desc="prepare", disable=not progress)
+    jobs = [(s, str(out), n_surface, n_space, seed, unit) for s in todo]
+
+    def done(result):
+        key, record, error = result
+        if record:
+            records[key] = record
+            write_index(out, list(records.values()))  # an interrupted run keeps what is done
+        else:
+            failed.append((key, error))
+        bar.update()
+
+    if workers <= 1:
+        for job in jobs:
+            done(_prepare_job(job))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for fut in as_completed([pool.submit(_prepare_job, j) for j in jobs]):
+                done(fut.result())
+    bar.close()
+    write_index(out, list(records.values()))
+    return list(records.values()), failed
+
+
+def _existing_records(out: Path, sources) -> dict:
+    records = {}
+    if (out / INDEX).exists():
+        for r in json.loads((out / INDEX).read_text())["scans"]:
+            if (out / r["dir"] / "transform.json").exists():
+                records[r["key"]] = r
+    for s in sources:  # folders finished after the last index write
+        if s.key not in records and (out / s.key / "transform.json").exists():
+            records[s.key] = _record(s, json.loads((out / s.key / "transform.json").read_text()))
+    return records
+
+
+def _copy_registered_faces(sources, out: Path):
+    faces = sources[0].path.parent.parent / "anny_faces.npy" if sources else None
+    if faces is not None and faces.exists():
+        np.save(out / "registered_faces.npy", np.load(faces).astype(np.int32))
+
+
+def _record(src: ScanSource, transform: dict) -> dict:
+    return {"key": src.key, "identity": src.identity, "expression": src.expression,
+            "neutral": src.neutral, "dir": src.key,
+            "landmarks": transform.get("landmarks", "given"), "source": str(src.path)}
+
+
+def _prepare_job(job):
+    src, out, n_surface, n_space, seed, unit = job
+    try:
+        transform = prepare_scan(src, Path(out), n_surface, n_space, seed, unit)
+        return src.key, _record(src, transform), None
+    except MeshError as exc:
+        return src.key, None, str(exc)
+    except Exception as exc:  # one broken scan must not stop a long run
+        return src.key, None, f"{type(exc).__name__}: {exc}"
+
+
+def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=None) -> dict:
+    """Load, align, preprocess one scan; write its folder atomically; return transform info."""
+    from imface.data import align
+    from imface.data.preprocess import preprocess_mesh
+    from imface.data.scans import load_scan
+
+    scan = load_scan(src.path, unit or src.unit)
+    if scan.faces is None:
+        raise MeshError(f"{src.path}: a point cloud cannot be prepared for training "
+                        "(the hidden-surface step needs triangles)")
+    lm_scan, how = _landmarks_scan_frame(src, scan)
+    if src.to_model is not None:
+        m = np.asarray(src.to_model, dtype=np.float64)
+        alignment = align.Alignment(m, float(np.cbrt(np.linalg.det(m[:3, :3]))), 0.0)
+        method = "exact"
+    elif lm_scan is not None:
+        alignment = align.align_landmarks68(lm_scan, scan.metres)
+        method = "landmarks68"
+    else:
+        alignment = align.align_scan(scan.vertices, scan.faces, unit or src.unit,
+                                     path=str(src.path))
+        method = "automatic"
+    v_model = alignment.to_model(scan.vertices)
+    rng = np.random.default_rng([seed, abs(hash(src.key)) % (2**32)])
+    samples = preprocess_mesh(v_model, scan.faces, n_surface, n_space, rng)
+    if lm_scan is not None:
+        lm68 = alignment.to_model(lm_scan)
+    else:  # no landmarks: the template's, projected onto this face
+        lm68 = _project(align.template().landmarks68, samples.visible_vertices)
+        how = "estimated"
+    arrays = {
+        "surface_points": samples.surface_points, "surface_normals": samples.surface_normals,
+        "space_points": samples.space_points, "space_sdf": samples.space_sdf,
+        "space_grad": samples.space_grad, "landmarks68": lm68,
+        "landmarks5": lm68[list(BLEND_LANDMARK_IBUG68)], "gt_vertices": samples.visible_vertices,
+        "gt_faces": samples.visible_faces, "sheet_vertices": samples.sheet_vertices,
+        "sheet_faces": samples.sheet_faces,
+    }
+    if src.registered is not None and Path(src.registered).exists():
+        arrays["registered_vertices"] = alignment.to_model(np.load(src.registered))
+    info = {**alignment.to_dict(), "method": method, "landmarks": how,
+            "scan_unit": scan.unit, "source": str(src.path)}
+    _write_atomic(out / src.key, arrays, info)
+    return info
+
+
+def _landmarks_scan_frame(src: ScanSource, scan):
+    if src.landmarks68 is not None:
+        return np.asarray(src.landmarks68, dtype=np.float64), "given"
+    if src.landmark_indices is not None:
+        idx = src.landmark_indices
+        if idx.max() >= len(scan.vertices):
+            raise MeshError(f"{src.path}: landmark indices exceed its {len(scan.vertices)} "
+                            "vertices (not a FaceScape TU model?)")
+        return scan.vertices[idx], "given"
+    return None, "estimated"
+
+
+def _project(points, vertices):
+    from scipy.spatial import cKDTree
+
+    return np.asarray(vertices)[cKDTree(vertices).query(points)[1]]
+
+
+def _write_atomic(folder: Path, arrays: dict, info: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, arr in arrays.items():
+        a = np.asarray(arr)
+        np.save(tmp / f"{name}.npy", a.astype(np.int32 if a.dtype.kind in "iu" else np.float32))
+    (tmp / "transform.json").write_text(json.dumps(info))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)

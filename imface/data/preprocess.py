@@ -30,6 +30,33 @@ class Sheet:
     _sample_faces: np.ndarray | None = field(default=None, repr=False)
     _tree: cKDTree | None = field(default=None, repr=False)
     _sparse_tree: cKDTree | None = field(default=None, repr=False)
+    _xy_tree: cKDTree | None = field(default=None, repr=False)
+
+    def height(self, xy, candidates: int = 8):
+        """The sheet's z at each (x, y) (nan where no triangle lies under it).
+
+        Each point is tested against the triangles with the nearest centroids in (x, y) (scipy's
+        find_simplex spends seconds preparing per triangulation, more than the whole test)."""
+        if self._xy_tree is None:
+            self._xy_tree = cKDTree(self.vertices[self.faces][:, :, :2].mean(1))
+        _, near = self._xy_tree.query(xy, k=min(candidates, len(self.faces)))
+        near = near.reshape(len(xy), -1)
+        out = np.full(len(xy), np.nan)
+        for j in range(near.shape[1]):
+            todo = np.isnan(out)
+            corners = self.vertices[self.faces[near[todo, j]]]  # (n, 3, 3)
+            a, b, c = corners[:, 0, :2], corners[:, 1, :2], corners[:, 2, :2]
+            p = xy[todo]
+            den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = ((b[:, 1] - c[:, 1]) * (p[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (p[:, 1] - c[:, 1])) / den
+                v = ((c[:, 1] - a[:, 1]) * (p[:, 0] - c[:, 0]) + (a[:, 0] - c[:, 0]) * (p[:, 1] - c[:, 1])) / den
+            w = 1 - u - v
+            inside = (u >= -1e-9) & (v >= -1e-9) & (w >= -1e-9)
+            z = u * corners[:, 0, 2] + v * corners[:, 1, 2] + w * corners[:, 2, 2]
+            idx = np.flatnonzero(todo)[inside]
+            out[idx] = z[inside]
+        return out
 
     def tree(self, density: int = 200_000):
         if self._tree is None:
@@ -190,12 +217,15 @@ def _closest_on_triangles(p, a, b, c):
     return out
 
 
-def sheet_sdf(sheet: Sheet, query_points, k: int = 12):
+def sheet_sdf(sheet: Sheet, query_points, k: int = 16):
     """Signed distance and unit gradient from points to the sheet (negative behind it, -z side).
 
     Candidate triangles come from the nearest of a dense point sampling of the sheet; the exact
-    point-triangle distance is then taken over them. The sign is that of the offset from the
-    closest point along the triangle normal (all normals face +z on a height field).
+    point-triangle distance is then taken over them. The sign says which side of the height
+    field the point is on (over the sheet: below it is behind, negative; beside the sheet:
+    below its closest point is behind). Exact near
+    the sheet; far away (> 1 cm) the candidates can miss the closest triangle, which overstates
+    the distance by < 1 % at worst (checked against trimesh's exact closest_point).
     """
     q = np.asarray(query_points, dtype=np.float64)
     tree = sheet.tree()
@@ -233,7 +263,10 @@ def _sheet_sdf(sheet: Sheet, q, k, around=None):
     fn = np.cross(tri[best_f, 1] - tri[best_f, 0], tri[best_f, 2] - tri[best_f, 0])
     fn /= np.linalg.norm(fn, axis=1, keepdims=True) + 1e-30
     offset = q - best_p
-    sign = np.where((offset * fn).sum(1) < 0, -1.0, 1.0)
+    sign = np.where(q[:, 2] < best_p[:, 2], -1.0, 1.0)  # beside the sheet: below is behind
+    height = sheet.height(q[:, :2])
+    over = np.isfinite(height)  # over the sheet: behind = below the height field
+    sign[over] = np.where(q[over, 2] < height[over], -1.0, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         grad = np.where(best_d[:, None] > 1e-9, offset / best_d[:, None], fn) * sign[:, None]
     return sign * best_d, grad

@@ -155,8 +155,10 @@ def decimate(vertices, faces, max_vertices):
     cell = float(np.cbrt(np.prod(extent + 1e-12) / max_vertices))
     # A surface fills a small part of its box: shrink cells until the budget is used well.
     for _ in range(8):
-        keys = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
-        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        cells = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
+        dims = cells.max(0) + 1
+        keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]  # one int per cell
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         if len(counts) >= max_vertices * 0.4:
             break
         cell *= 0.6

@@ -154,12 +154,14 @@ def identity_name(i: int) -> str:
     return f"{i + 1:03d}"
 
 
-def scan_plan(gen: Generator, rng: np.random.Generator, extra: int):
-    """(expression name, action weights) of one person's scans: 20 recipes + `extra` random."""
+def scan_plan(gen: Generator, rng: np.random.Generator, extra: int, only=None):
+    """(expression name, action weights) of one person's scans: 20 recipes + `extra` random.
+    `only` keeps a subset of the recipes (the random draws stay the same)."""
     plan = []
     for name, recipe in gen.expressions.items():
         jitter = {k: float(np.clip(w * rng.uniform(0.85, 1.1), 0, 1)) for k, w in recipe.items()}
-        plan.append((name, jitter))
+        if only is None or name in only:
+            plan.append((name, jitter))
     for j in range(extra):
         n = int(rng.integers(2, 5))
         picks = rng.choice(len(gen.pool), n, replace=False)
@@ -170,7 +172,7 @@ def scan_plan(gen: Generator, rng: np.random.Generator, extra: int):
 
 def make_identity(args) -> list[str]:
     """Write every scan of identity `index`; returns the written keys (skips finished ones)."""
-    index, out, seed, extra, subdivisions = args
+    index, out, seed, extra, subdivisions, only = args
     import trimesh
 
     gen = _generator(subdivisions)
@@ -181,7 +183,7 @@ def make_identity(args) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "identity.json").write_text(json.dumps(ident.to_dict(), indent=1))
     keys = []
-    for expr, actions in scan_plan(gen, rng, extra):
+    for expr, actions in scan_plan(gen, rng, extra, only):
         meta_path = folder / f"{expr}.json"
         keys.append(f"{name}/{expr}")
         if meta_path.exists():  # written last: the scan is complete
@@ -203,14 +205,20 @@ def make_identity(args) -> list[str]:
 
 
 def write_corpus(out: Path, identities: int, seed: int = 0, extra: int = 2, workers: int = 1,
-                 subdivisions: int = 2, progress: bool = True) -> list[str]:
+                 subdivisions: int = 2, progress: bool = True, expressions=None) -> list[str]:
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = _generator(subdivisions)  # builds Anny once here (and fills its asset cache)
     np.save(out / "anny_faces.npy", gen.faces.astype(np.int32))
-    jobs = [(i, str(out), seed, extra, subdivisions) for i in range(identities)]
+    if expressions is not None:
+        unknown = sorted(set(expressions) - set(gen.expressions))
+        if unknown:
+            raise UserError(f"unknown expressions {', '.join(unknown)} (see "
+                            f"{anny_head.EXPRESSIONS_FILE})")
+    only = None if expressions is None else tuple(expressions)
+    jobs = [(i, str(out), seed, extra, subdivisions, only) for i in range(identities)]
     keys: list[str] = []
     bar = tqdm(total=identities, unit="identity", disable=not progress, desc="synth")
     if workers <= 1:
@@ -239,6 +247,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument("--extra", type=int, default=2,
                         help="random extra expressions per person (besides the 20 FaceScape)")
+    parser.add_argument("--expressions", help="comma-separated subset of the 20 FaceScape "
+                        "expressions (default: all)")
     parser.add_argument("--subdivisions", type=int, default=2,
                         help="Loop subdivisions of the Anny mesh before adding detail")
 
@@ -246,7 +256,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.identities < 1:
         raise UserError("--identities must be at least 1")
+    only = args.expressions.split(",") if args.expressions else None
     keys = write_corpus(Path(args.out), args.identities, args.seed, args.extra,
-                        max(1, args.workers), args.subdivisions)
+                        max(1, args.workers), args.subdivisions, expressions=only)
     print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
     return 0

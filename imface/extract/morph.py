@@ -37,6 +37,7 @@ class MorphResult:
     ms: float  # wall time of the call
     iterations: int = 0  # warp evaluations spent
     checked: bool = False  # max_sdf measured with a full SDF evaluation
+    preview: bool = False  # one unverified quasi-Newton step (see MorphEngine.morph)
 
 
 def _batched(fn: WarpFn, x: Tensor, chunk: int) -> tuple[Tensor, Tensor | None]:
@@ -78,6 +79,7 @@ class MorphEngine:
         max_step: float = 0.05,
         chunk: int = 65536,
         check: bool = False,
+        preview_radius: float = 0.01,
     ):
         self.model = model
         self.tol = tol  # |W(p) - target| in model units (1e-4 = 0.01 mm)
@@ -85,6 +87,7 @@ class MorphEngine:
         self.max_step = max_step  # per-iteration move cap (model units), guards against wild steps
         self.chunk = chunk
         self.check = check  # measure |f| with a full SDF pass after each morph (costs one query)
+        self.preview_radius = preview_radius  # preview ticks trust the linear model this far (1 mm)
         self.reset(base_mesh, base_codes)
 
     @property
@@ -150,7 +153,13 @@ class MorphEngine:
         )
 
     # -- morph ------------------------------------------------------------------------------
-    def morph(self, codes: Codes) -> MorphResult:
+    def morph(self, codes: Codes, preview: bool = False) -> MorphResult:
+        """Move the vertices to the surface of `codes`.
+
+        preview=True: one warp evaluation and one quasi-Newton step, unverified (for slider
+        drags: the error is second order in the code step and the next tick starts from it);
+        `converged` then marks vertices whose start residual was within `preview_radius`.
+        """
         t0 = time.perf_counter()
         codes = self._on_device(codes)
         with torch.no_grad():
@@ -161,7 +170,8 @@ class MorphEngine:
                 mode, fn, target = "expression", self._expression(prep), self._canonical
             else:
                 mode, fn, target = "full", self._full(prep), self._template
-            x, r, delta, jinv, evals = self._solve(fn, target, self._p.clone(), self._jinv[mode])
+            solve = self._preview_step if preview else self._solve
+            x, r, delta, jinv, evals = solve(fn, target, self._p.clone(), self._jinv[mode])
         converged = r.norm(dim=-1) <= self.tol
         self._p = torch.where(converged[:, None], x, self._p)
         self._jinv = {"expression": None, "full": None, mode: jinv}
@@ -171,6 +181,7 @@ class MorphEngine:
         else:
             f_est = torch.zeros_like(r[:, 0])
         result = self._result(x, converged, f_est, prep, evals, t0)
+        result.preview = preview
         self._last_x = x
         return result
 
@@ -188,22 +199,39 @@ class MorphEngine:
         self._p = self._last_x.clone()
         self._canonical_codes = prep.codes
 
-    def _solve(self, fn: WarpFn, target: Tensor, x: Tensor, jinv: Tensor | None):
-        """Broyden ('good' update of the inverse Jacobian) on every unconverged vertex at once."""
-        evals = 1
+    def _start(self, fn: WarpFn, target: Tensor, x: Tensor, jinv: Tensor | None):
+        """Residual at the warm start; the exact Jacobian only when no estimate is carried over."""
         if jinv is None or jinv.shape[0] != x.shape[0]:
             jac, w, delta = warp_jacobian(fn, x)
             jinv = _safe_inverse(jac)
         else:
             w, delta = _batched(fn, x, self.chunk)
-        r = w - target
+        return w - target, delta, jinv
+
+    def _step(self, jinv: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """Quasi-Newton step, its length capped at max_step; also says which steps were capped."""
+        dx = -(jinv @ r[..., None])[..., 0]
+        length = dx.norm(dim=-1, keepdim=True)
+        return dx * (self.max_step / length.clamp_min(self.max_step)), length[:, 0] > self.max_step
+
+    def _preview_step(self, fn: WarpFn, target: Tensor, x: Tensor, jinv: Tensor | None):
+        r, delta, jinv = self._start(fn, target, x, jinv)
+        dx, capped = self._step(jinv, r)
+        trusted = (r.norm(dim=-1) <= self.preview_radius) & ~capped
+        # Linear model: an uncapped step zeroes the residual; untrusted vertices keep theirs.
+        r_after = torch.where(trusted[:, None], torch.zeros_like(r), r)
+        return x + dx, r_after, delta, jinv, 1
+
+    def _solve(self, fn: WarpFn, target: Tensor, x: Tensor, jinv: Tensor | None):
+        """Broyden ('good' update of the inverse Jacobian) on every unconverged vertex at once."""
+        evals = 1
+        r, delta, jinv = self._start(fn, target, x, jinv)
         for _ in range(self.max_iterations):
             active = torch.nonzero(r.norm(dim=-1) > self.tol).flatten()
             if active.numel() == 0:
                 break
             ja, ra = jinv[active], r[active]
-            dx = -(ja @ ra[..., None])[..., 0]
-            dx = dx * (self.max_step / dx.norm(dim=-1, keepdim=True).clamp_min(self.max_step))
+            dx, _ = self._step(ja, ra)
             xn = x[active] + dx
             wn, dn = _batched(fn, xn, self.chunk)
             evals += 1
