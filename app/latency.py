@@ -81,4 +81,23 @@ def warm_up():
     loss = (torch.sin(x @ torch.ones(3, 2)) ** 2).mean()
     loss.backward()
     opt.step()
-    import imface.model.imface  # noqa: F401
+    import importlib
+
+    # the modules a fit / extraction imports on first use: importing them in a worker thread
+    # holds the GIL for whole seconds (a measured 1.6 s stall in the first real fit)
+    for name in (
+        "imface.model.imface",
+        "imface.extract",
+        "imface.fit",
+        "imface.correspond",
+        "imface.metrics",
+        "imface.data.scans",
+        "imface.data.align",
+        "imface.data.preprocess",
+        "scipy.spatial",
+        "trimesh",
+    ):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
