@@ -1,0 +1,103 @@
+"""Event-loop latency probe: a timer that should fire every `interval_ms`; the largest gap between
+ticks is how long the GUI was unresponsive."""
+
+from __future__ import annotations
+
+import time
+
+from PyQt6.QtCore import QObject, QTimer
+
+
+class LatencyProbe(QObject):
+    def __init__(self, interval_ms: int = 10, parent=None):
+        super().__init__(parent)
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.max_gap_ms = 0.0
+        self.ticks = 0
+        self.gaps: list[float] = []
+        self._last = None
+
+    def start(self):
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+
+    def _tick(self):
+        now = time.perf_counter()
+        gap = (now - self._last) * 1000
+        self._last = now
+        self.ticks += 1
+        self.gaps.append(gap)
+        self.max_gap_ms = max(self.max_gap_ms, gap)
+
+    def percentile(self, q: float) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.gaps, q)) if self.gaps else 0.0
+
+
+def torch_fit_workload(job, seconds: float = 2.0, tiny: bool = True):
+    """What a fit does to the CPU and the GIL: Adam steps on codes through an ImFace (tiny config),
+    reporting progress every step. Used by the latency probe when imface.fit is not the subject."""
+    import torch
+
+    from imface.config import ModelConfig
+    from imface.model.imface import Codes, ImFace
+
+    torch.manual_seed(0)
+    model = ImFace(ModelConfig.tiny() if tiny else ModelConfig()).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    codes = Codes(
+        torch.zeros(1, model.config.id_dim, requires_grad=True),
+        torch.zeros(1, model.config.exp_dim, requires_grad=True),
+    )
+    opt = torch.optim.Adam([codes.z_id, codes.z_exp], lr=1e-3)
+    pts = torch.rand(4096, 3) * 2 - 1
+    t0, it = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds:
+        loss = model(pts, None, codes).sdf.abs().mean() + (codes.z_id**2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        it += 1
+        job.report((it, float(loss.detach()), None))
+    return it
+
+
+def warm_up():
+    """Pay torch's one-time costs (lazy imports of the optimisers and autograd, first kernels) on the
+    GUI thread at start-up, before the window shows, so the first fit does not stall the event loop
+    while they run under the GIL in a worker."""
+    import torch
+    import torch.optim  # noqa: F401
+
+    x = torch.zeros(4, 3, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=1e-3)
+    loss = (torch.sin(x @ torch.ones(3, 2)) ** 2).mean()
+    loss.backward()
+    opt.step()
+    import importlib
+
+    # the modules a fit / extraction imports on first use: importing them in a worker thread
+    # holds the GIL for whole seconds (a measured 1.6 s stall in the first real fit)
+    for name in (
+        "imface.model.imface",
+        "imface.extract",
+        "imface.fit",
+        "imface.correspond",
+        "imface.metrics",
+        "imface.data.scans",
+        "imface.data.align",
+        "imface.data.preprocess",
+        "scipy.spatial",
+        "trimesh",
+    ):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass

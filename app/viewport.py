@@ -1,0 +1,253 @@
+"""The 3D view: one PyVista actor per mesh (face, scan, second face, markers), updated in place.
+
+Render only from the GUI thread. With `use_3d=False` (logic tests under QT_QPA_PLATFORM=offscreen,
+where QOpenGLWidget cannot render) the same API keeps the meshes but draws nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PyQt6.QtCore import QObject, pyqtSignal
+from PyQt6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from app.backend import MeshData
+
+FACE_COLOR = (0.85, 0.72, 0.62)
+SCAN_COLOR = (0.55, 0.7, 0.9)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (for live morphing: cheaper than a normals filter per render)."""
+    v = vertices.astype(np.float32, copy=False)
+    if faces.size == 0:
+        return np.zeros_like(v)
+    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return n / np.maximum(norm, 1e-12)
+
+
+def to_polydata(mesh: MeshData):
+    import pyvista as pv
+
+    if mesh.faces.size:
+        cells = np.hstack([np.full((len(mesh.faces), 1), 3, np.int64), mesh.faces]).ravel()
+        poly = pv.PolyData(mesh.vertices.astype(np.float32), cells)
+        poly.point_data["Normals"] = vertex_normals(mesh.vertices, mesh.faces)
+        poly.point_data.active_normals_name = "Normals"
+    else:
+        poly = pv.PolyData(mesh.vertices.astype(np.float32))
+    return poly
+
+
+class Viewport(QObject):
+    picked = pyqtSignal(str, int, object)  # which mesh ("face"/"other"/"scan"), vertex index, point
+
+    def __init__(self, parent: QWidget | None = None, use_3d: bool = True):
+        super().__init__(parent)
+        self.widget = QWidget(parent)
+        layout = QVBoxLayout(self.widget)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.plotter = None
+        if use_3d:
+            from pyvistaqt import QtInteractor
+
+            self.plotter = QtInteractor(self.widget, auto_update=False)
+            self.plotter.set_background("#2b2d31", top="#50545c")
+            layout.addWidget(self.plotter.interactor)
+        else:
+            label = QLabel("3D view disabled", self.widget)
+            layout.addWidget(label)
+        self.meshes: dict[str, object] = {}  # name -> PolyData (or MeshData without 3D)
+        self.data: dict[str, MeshData] = {}
+        self.actors: dict[str, object] = {}
+        self.offsets: dict[str, np.ndarray] = {}
+        self.renders = 0
+        self._camera_set = False
+        self._pick_mode = None
+        self.visible: dict[str, bool] = {}
+
+    # -- meshes -------------------------------------------------------------------------------------
+    def set_mesh(
+        self,
+        name: str,
+        mesh: MeshData | None,
+        colors: np.ndarray | None = None,
+        scalars: np.ndarray | None = None,
+        scalar_title: str = "",
+        clim: tuple[float, float] | None = None,
+        offset: np.ndarray | None = None,
+        opacity: float = 1.0,
+        color=FACE_COLOR,
+    ):
+        """Show (or replace, or remove with None) a named mesh; new topology re-adds the actor."""
+        if mesh is None:
+            self.remove(name)
+            return
+        self.data[name] = mesh
+        self.offsets[name] = np.zeros(3, np.float32) if offset is None else np.asarray(offset, np.float32)
+        if self.plotter is None:
+            self.meshes[name] = mesh
+            return
+        poly = to_polydata(MeshData(mesh.vertices + self.offsets[name], mesh.faces))
+        kwargs = dict(name=name, opacity=opacity, pickable=True, show_scalar_bar=False)
+        if colors is not None:
+            poly.point_data["RGB"] = np.asarray(colors, np.uint8)
+            kwargs.update(scalars="RGB", rgb=True)
+        elif scalars is not None:
+            poly.point_data["distance"] = np.asarray(scalars, np.float32)
+            kwargs.update(
+                scalars="distance",
+                cmap="turbo",
+                clim=clim,
+                show_scalar_bar=True,
+                scalar_bar_args=dict(
+                    title=scalar_title,
+                    vertical=True,
+                    fmt="%.1f",
+                    position_x=0.84,
+                    position_y=0.1,
+                    width=0.1,
+                    height=0.75,
+                    title_font_size=12,
+                    label_font_size=11,
+                ),
+            )
+        else:
+            kwargs.update(color=color)
+        if mesh.faces.size == 0:
+            kwargs.update(render_points_as_spheres=True, point_size=3, style="points")
+        else:
+            kwargs.update(smooth_shading=False, interpolation="gouraud", specular=0.2)
+        if scalars is None and name in self.actors:
+            try:
+                self.plotter.remove_scalar_bar(title=scalar_title or "distance (mm)")
+            except (KeyError, AttributeError, ValueError, StopIteration):
+                pass
+        self.actors[name] = self.plotter.add_mesh(poly, **kwargs)
+        self.actors[name].SetVisibility(self.visible.get(name, True))
+        self.meshes[name] = poly
+        if not self._camera_set:
+            self.reset_camera()
+
+    def update_points(self, name: str, vertices: np.ndarray) -> bool:
+        """Same topology: move the points of the existing actor (no new actor)."""
+        mesh = self.data.get(name)
+        if mesh is None or mesh.vertices.shape != vertices.shape:
+            return False
+        self.data[name] = MeshData(vertices, mesh.faces, mesh.colors)
+        if self.plotter is None:
+            return True
+        poly = self.meshes[name]
+        poly.points = vertices + self.offsets[name]
+        if mesh.faces.size:
+            poly.point_data["Normals"] = vertex_normals(vertices, mesh.faces)
+        return True
+
+    def update_colors(self, name: str, colors: np.ndarray) -> bool:
+        poly = self.meshes.get(name)
+        if self.plotter is None or poly is None or "RGB" not in poly.point_data:
+            return False
+        poly.point_data["RGB"] = np.asarray(colors, np.uint8)
+        return True
+
+    def set_visible(self, name: str, visible: bool):
+        actor = self.actors.get(name)
+        if actor is not None:
+            actor.SetVisibility(bool(visible))
+        self.visible[name] = bool(visible)
+
+    def is_visible(self, name: str) -> bool:
+        return name in self.data and self.visible.get(name, True)
+
+    def remove(self, name: str):
+        self.data.pop(name, None)
+        self.meshes.pop(name, None)
+        actor = self.actors.pop(name, None)
+        if actor is not None and self.plotter is not None:
+            self.plotter.remove_actor(actor, render=False)
+
+    def set_markers(self, name: str, points: np.ndarray | None, color="yellow", size: float = 14):
+        if points is None or len(points) == 0:
+            self.remove(name)
+            return
+        pts = np.asarray(points, np.float32).reshape(-1, 3)
+        self.data[name] = MeshData(pts, np.zeros((0, 3), np.int64))
+        if self.plotter is None:
+            return
+        import pyvista as pv
+
+        self.actors[name] = self.plotter.add_mesh(
+            pv.PolyData(pts),
+            name=name,
+            color=color,
+            point_size=size,
+            render_points_as_spheres=True,
+            pickable=False,
+        )
+
+    # -- view ----------------------------------------------------------------------------------------
+    def reset_camera(self):
+        if self.plotter is None:
+            return
+        self.plotter.view_xy()
+        self.plotter.reset_camera()
+        self.plotter.camera.zoom(1.0 if "other" in self.data else 1.2)
+        self._camera_set = True
+
+    def render(self):
+        self.renders += 1
+        if self.plotter is not None:
+            self.plotter.render()
+
+    def screenshot(self, path: str | None = None, scale: int = 1):
+        if self.plotter is None:
+            raise RuntimeError("the 3D view is disabled")
+        self.plotter.render()
+        return self.plotter.screenshot(path, scale=scale, return_img=True)
+
+    # -- picking -------------------------------------------------------------------------------------
+    def enable_picking(self, on: bool = True):
+        if self.plotter is None:
+            return
+        if on and self._pick_mode is None:
+            self.plotter.enable_point_picking(
+                callback=self._on_pick,
+                show_message=False,
+                use_picker=True,
+                left_clicking=False,
+                show_point=False,
+            )
+            self._pick_mode = "point"
+        elif not on and self._pick_mode is not None:
+            self.plotter.disable_picking()
+            self._pick_mode = None
+
+    def _on_pick(self, point, picker=None):
+        if point is None:
+            return
+        self.pick_at(np.asarray(point, np.float32))
+
+    def pick_at(self, point: np.ndarray):
+        """Snap a world point to the nearest vertex of the nearest shown mesh and emit `picked`."""
+        best = None
+        for name in ("face", "other", "scan"):
+            mesh = self.data.get(name)
+            if mesh is None:
+                continue
+            if not self.visible.get(name, True):
+                continue
+            d = np.linalg.norm(mesh.vertices + self.offsets[name] - point[None], axis=1)
+            i = int(np.argmin(d))
+            if best is None or d[i] < best[0]:
+                best = (float(d[i]), name, i)
+        if best is not None:
+            _, name, i = best
+            self.picked.emit(name, i, self.data[name].vertices[i])
+
+    def close(self):
+        if self.plotter is not None:
+            self.plotter.close()
+            self.plotter = None
