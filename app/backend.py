@@ -576,7 +576,9 @@ def fit(
                 fit_mod, ckpt, scan, np.asarray(landmarks), config, _progress, cancel
             )
         else:
-            result = fit_scan(ckpt, target, config, progress=_progress, cancel=cancel)
+            result = fit_scan(
+                ckpt, target, config, preview_every=PREVIEW_EVERY, progress=_progress, cancel=cancel
+            )
     except getattr(fit_mod, "FitCancelled", ()) as exc:
         raise FitCancelledError() from exc
     c = result.codes
@@ -594,43 +596,24 @@ def fit(
     return FitOutcome(codes, mesh, np.asarray(dist, np.float32), report)
 
 
-def _fit_with_landmarks(fit_mod, ckpt, scan: ScanData, points5: np.ndarray, config, progress, cancel):
-    """The manual fallback: align from 5 picked points (imface.data.align.align_from_landmarks),
-    then the same steps as imface.fit.fit_scan. (fit_scan has no `alignment=` argument yet; when it
-    gets one this becomes a single call.)"""
-    import inspect
+PREVIEW_EVERY = 25  # fit iterations between live meshes in the viewport
 
+
+def _fit_with_landmarks(fit_mod, ckpt, scan: ScanData, points5: np.ndarray, config, progress, cancel):
+    """The manual fallback: align from 5 picked points, then fit as usual."""
     from imface.data.align import align_from_landmarks
 
+    target = scan.handle if scan.handle is not None else scan.path
     alignment = align_from_landmarks(points5)
-    if "alignment" in inspect.signature(fit_mod.fit_scan).parameters:
-        target = scan.handle if scan.handle is not None else scan.path
-        return fit_mod.fit_scan(ckpt, target, config, alignment=alignment, progress=progress, cancel=cancel)
-    from imface.data.preprocess import preprocess_mesh
-    from imface.extract import extract_narrow_band, face_sdf
-
-    faces = scan.mesh.faces if scan.mesh.faces.size else None
-    samples = fit_mod._scan_samples(alignment.to_model(scan.mesh.vertices), faces, preprocess_mesh)
-    cfg = config or fit_mod.FitConfig()
-    stats = ckpt.stats
-    fit = fit_mod.fit_codes(
-        ckpt.model,
-        samples,
-        cfg,
-        init_id=stats["id"].mean if cfg.init == "mean" else None,
-        init_exp=stats["exp"].mean if cfg.init == "mean" else None,
-        spread=(float(stats["id"].std.mean()), float(stats["exp"].std.mean())),
+    return fit_mod.fit_scan(
+        ckpt,
+        target,
+        config,
+        alignment=alignment,
+        preview_every=PREVIEW_EVERY,
         progress=progress,
         cancel=cancel,
     )
-    mesh = extract_narrow_band(face_sdf(ckpt.model, fit.codes), resolution=128).mesh
-    report = {
-        "iterations": fit.iterations,
-        "loss": fit.loss,
-        "alignment": "5 picked points",
-        "alignment_residual_mm": alignment.residual_mm,
-    }
-    return fit_mod.FitResult(fit.codes, alignment.to_scan(mesh.vertices), mesh.faces, alignment, report)
 
 
 class FitCancelledError(Exception):

@@ -111,19 +111,24 @@ def fit_codes(
             best = float(per_restart.detach().min())
             history.append(best)
             if progress is not None:
-                progress({"iteration": it + 1, "iterations": cfg.iterations, "loss": best})
+                info = {"iteration": it + 1, "iterations": cfg.iterations, "loss": best}
+                info["codes"] = _best_codes(params, int(torch.argmin(per_restart.detach())))
+                progress(info)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    winner = int(torch.argmin(per_restart.detach()))
-    codes = Codes(
-        params[0][winner].detach(),
-        params[1][winner].detach(),
-        torch.tensor([False], device=device),
-        params[2][winner].detach() if len(params) > 2 else None,
-    )
+    codes = _best_codes(params, int(torch.argmin(per_restart.detach())))
     return CodeFit(
         codes, history[-1] if history else float("nan"), cfg.iterations, time.perf_counter() - start, history
+    )
+
+
+def _best_codes(params, winner: int) -> Codes:
+    return Codes(
+        params[0][winner].detach().clone(),
+        params[1][winner].detach().clone(),
+        torch.tensor([False], device=params[0].device),
+        params[2][winner].detach().clone() if len(params) > 2 else None,
     )
 
 
@@ -187,10 +192,17 @@ def fit_scan(
     config: FitConfig | None = None,
     *,
     resolution: int = 128,
+    alignment=None,
+    preview_every: int = 0,
     progress: ProgressFn | None = None,
     cancel=None,
 ) -> FitResult:
-    """Load (if a path), align, preprocess and fit one scan; the mesh comes back in the scan frame."""
+    """Load (if a path), align, preprocess and fit one scan; the mesh comes back in the scan frame.
+
+    alignment: a known scan -> model transform (e.g. `align_from_landmarks` of 5 picked points)
+    instead of the automatic one. preview_every > 0 adds a coarse "mesh" (vertices in the scan
+    frame, faces) to every n-th progress report, for live display.
+    """
     from imface.data.align import align_scan
     from imface.data.preprocess import preprocess_mesh
     from imface.data.scans import load_scan
@@ -201,7 +213,8 @@ def fit_scan(
     started = time.perf_counter()
     if not hasattr(scan, "vertices"):
         scan = load_scan(scan)
-    alignment = align_scan(scan.vertices, scan.faces)
+    if alignment is None:
+        alignment = align_scan(scan.vertices, scan.faces)
     model_vertices = alignment.to_model(scan.vertices)
     samples = _scan_samples(model_vertices, scan.faces, preprocess_mesh)
     stats = checkpoint.stats
@@ -212,7 +225,7 @@ def fit_scan(
         init_id=stats["id"].mean if cfg.init == "mean" else None,
         init_exp=stats["exp"].mean if cfg.init == "mean" else None,
         spread=(float(stats["id"].std.mean()), float(stats["exp"].std.mean())),
-        progress=progress,
+        progress=_with_previews(progress, preview_every, checkpoint.model, alignment),
         cancel=cancel,
     )
     mesh = extract_narrow_band(face_sdf(checkpoint.model, fit.codes), resolution=resolution).mesh
@@ -233,6 +246,24 @@ def fit_scan(
         **scores,
     }
     return FitResult(fit.codes, scan_vertices, mesh.faces, alignment, report)
+
+
+def _with_previews(progress, every: int, model: ImFace, alignment):
+    """Wrap a progress callback so every n-th report carries a coarse mesh in the scan frame."""
+    if progress is None or every <= 0:
+        return progress
+
+    def report(info: dict) -> None:
+        if info["iteration"] % every == 0 or info["iteration"] == info["iterations"]:
+            from imface.extract import extract_narrow_band, face_sdf
+
+            mesh = extract_narrow_band(
+                face_sdf(model, info["codes"]), resolution=64, coarse_resolution=16
+            ).mesh
+            info = {**info, "mesh": (alignment.to_scan(mesh.vertices), mesh.faces)}
+        progress(info)
+
+    return report
 
 
 def _scan_samples(vertices, faces, preprocess) -> dict[str, torch.Tensor]:
