@@ -77,10 +77,13 @@ def test_band_reuse_small_step_matches_fresh_extraction():
 
 def test_band_reuse_falls_back_when_surface_leaves_band():
     first = extract_narrow_band(sphere(0.5), resolution=65, coarse_resolution=17)
-    far = sphere(0.5, (0.2, 0.0, 0.0))
+    far = sphere(0.8)  # tracking this would cost more than a fresh extraction
     again = extract_narrow_band(far, resolution=65, coarse_resolution=17, previous=first)
     assert not again.reused
     same_mesh(again.mesh, extract_dense(far, resolution=65))
+    shifted = sphere(0.5, (0.2, 0.0, 0.0))  # tracked by growing, or recomputed: same mesh
+    again = extract_narrow_band(shifted, resolution=65, coarse_resolution=17, previous=first)
+    same_mesh(again.mesh, extract_dense(shifted, resolution=65))
 
 
 def _fake_face_sdf(monkeypatch, fn, calls):
@@ -164,3 +167,17 @@ def test_latest_value_coalesces():
     done.set()
     t.join(5)
     assert got[-1] == 999 and got == sorted(got) and len(set(got)) == len(got)
+
+
+def test_band_reuse_grows_where_the_surface_moved_most():
+    """A bump larger than the shell on one side: the region grows there instead of falling back."""
+    first = extract_narrow_band(sphere(0.5), resolution=65, coarse_resolution=17)
+
+    def bumped(p):
+        bump = torch.exp(-((p - p.new_tensor([0.5, 0.0, 0.0])) ** 2).sum(-1) / 0.02)
+        return sphere(0.5)(p) - 0.06 * bump
+
+    again = extract_narrow_band(bumped, resolution=65, coarse_resolution=17, previous=first)
+    assert again.reused
+    assert again.fraction_evaluated < first.fraction_evaluated
+    same_mesh(again.mesh, extract_dense(bumped, resolution=65))

@@ -49,6 +49,7 @@ class BandState:
     bound: float
     volume: np.ndarray  # (R, R, R) float32: exact SDF in the band, coarse interpolation elsewhere
     band: np.ndarray  # (R, R, R) bool: samples evaluated exactly
+    fresh_evaluations: int = 0  # cost of the last fresh extraction (reuse must stay below it)
 
 
 @dataclass
@@ -287,7 +288,7 @@ def fine_stage(sdf_fn, stage: CoarseStage, band=None, chunk=DEFAULT_CHUNK, devic
     volume.reshape(-1)[todo] = _evaluate_indices(sdf_fn, todo, resolution, bound, chunk, cancel, device)
     evaluated = coarse.size + todo.size
     mesh = marching_cubes(volume, h, -bound)
-    state = BandState(resolution, bound, volume, mask)
+    state = BandState(resolution, bound, volume, mask, evaluated)
     return BandResult(mesh, state, evaluated / resolution**3, False, stage.mesh)
 
 
@@ -304,30 +305,55 @@ def reuse_band(
     chunk: int = DEFAULT_CHUNK,
     device="cpu",
     cancel: CancelCheck | None = None,
+    grow_cells: int = 4,
+    max_rounds: int = 6,
 ) -> BandResult | None:
     """Re-extract for nearby codes in a thin shell around the previous surface.
 
     The shell is every sample whose previous |sdf| is within `margin` (default 3 fine cells).
-    Correctness check: on the shell's boundary the new SDF must keep the previous sign and stay
-    more than one fine cell away from zero; otherwise the surface may have left the shell and
-    None is returned (the caller runs the coarse pass).
+    Correctness check: on the boundary of the evaluated region the new SDF must keep the previous
+    sign and stay more than one fine cell away from zero (so no zero crossing can hide between it
+    and the stale values outside). Where it fails, the region grows by `grow_cells` around the
+    failing samples and is checked again; None (run the coarse pass) when that does not settle
+    within `max_rounds` or would cost more than a fresh extraction did.
     """
     r, bound = previous.resolution, previous.bound
     h = 2.0 * bound / (r - 1)
     margin = 3.0 * h if margin is None else margin
-    shell = np.abs(previous.volume) <= margin
-    todo = np.flatnonzero(shell)
-    values = _evaluate_indices(sdf_fn, todo, r, bound, chunk, cancel, device)
-    boundary = _shell_boundary(shell).reshape(-1)[todo]
-    old = previous.volume.reshape(-1)[todo][boundary]
-    new = values[boundary]
-    if np.any(np.sign(old) != np.sign(new)) or np.any(np.abs(new) <= h):
-        return None
+    budget = previous.fresh_evaluations or previous.band.sum()
     volume = previous.volume.copy()
-    volume.reshape(-1)[todo] = values
-    mesh = marching_cubes(volume, h, -bound)
-    state = BandState(r, bound, volume, shell)
-    return BandResult(mesh, state, todo.size / r**3, True, None)
+    evaluated = np.zeros(volume.shape, dtype=bool)
+    todo = np.flatnonzero(np.abs(previous.volume) <= margin)
+    count = 0
+    for _ in range(max_rounds + 1):
+        volume.reshape(-1)[todo] = _evaluate_indices(sdf_fn, todo, r, bound, chunk, cancel, device)
+        evaluated.reshape(-1)[todo] = True
+        count += todo.size
+        bad = _unsafe_boundary(evaluated, previous.volume, volume, h)
+        if not bad.any():
+            mesh = marching_cubes(volume, h, -bound)
+            state = BandState(r, bound, volume, evaluated, previous.fresh_evaluations)
+            return BandResult(mesh, state, count / r**3, True, None)
+        todo = np.flatnonzero(_dilate(bad, grow_cells) & ~evaluated)
+        if todo.size == 0 or count + todo.size > budget:
+            return None
+    return None
+
+
+def _unsafe_boundary(evaluated, old_volume, new_volume, h) -> np.ndarray:
+    """Boundary samples where the surface may cross into the stale region."""
+    boundary = _shell_boundary(evaluated)
+    old, new = old_volume[boundary], new_volume[boundary]
+    unsafe = (np.sign(old) != np.sign(new)) | (np.abs(new) <= h)
+    bad = np.zeros_like(boundary)
+    bad[boundary] = unsafe
+    return bad
+
+
+def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, structure=np.ones((3, 3, 3), dtype=bool), iterations=cells)
 
 
 def _shell_boundary(shell: np.ndarray) -> np.ndarray:
