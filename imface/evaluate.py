@@ -229,7 +229,8 @@ def add_arguments(parser) -> None:
         type=float,
         help="re-split (count or fraction); default: people the model never saw",
     )
-    parser.add_argument("--limit", type=int, help="evaluate at most this many scans")
+    parser.add_argument("--identities", type=int, help="evaluate only the first N people of the split")
+    parser.add_argument("--expressions", help="comma-separated expression labels (default: all)")
     parser.add_argument("--iterations", type=int, default=150, help="fitting iterations per scan")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--points", type=int, default=150_000, help="points sampled per surface")
@@ -245,9 +246,9 @@ def run(args) -> int:
         train_keys, test_keys = corpus.split(args.test_identities, int(ckpt.meta.get("seed", 0)))
     else:  # the people the checkpoint was not trained on
         train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
-    keys = test_keys if args.split == "test" else train_keys
-    if args.limit:
-        keys = _spread(keys, args.limit)
+    keys = _subset(
+        corpus, test_keys if args.split == "test" else train_keys, args.identities, args.expressions
+    )
     if not keys:
         raise UserError(f"{args.corpus}: no scans in the {args.split} split")
     cfg = FitConfig(iterations=args.iterations, points_per_step=4096)
@@ -262,9 +263,12 @@ def run(args) -> int:
     return 0
 
 
-def _spread(keys: list[str], limit: int) -> list[str]:
-    """An even subset that keeps every identity and many expressions."""
-    if len(keys) <= limit:
-        return keys
-    step = len(keys) / limit
-    return [keys[int(i * step)] for i in range(limit)]
+def _subset(corpus, keys: list[str], identities: int | None, expressions: str | None) -> list[str]:
+    """The scans of the first `identities` people, with the listed expressions only."""
+    if identities:
+        people = sorted({corpus.record(k)["identity"] for k in keys})[:identities]
+        keys = [k for k in keys if corpus.record(k)["identity"] in people]
+    if expressions:
+        wanted = {e.strip() for e in expressions.split(",")}
+        keys = [k for k in keys if corpus.record(k)["expression"] in wanted]
+    return keys

@@ -1,36 +1,26 @@
-"""`python -m imface extract` / `export-topology` on a tiny model through a stand-in checkpoint
-loader (imface.io is written in parallel; its real loader is used when a shipped checkpoint
-exists)."""
-
-import importlib.machinery
-import sys
-import types
-from pathlib import Path
+"""`python -m imface extract` / `export-topology` on a small checkpoint."""
 
 import numpy as np
 import pytest
 
 from imface.cli import main
-from imface.config import ModelConfig
 from imface.extract.cli import load_mesh
-from imface.testing import face_like_model, sample_codes
+from imface.io import TrainedCodes, save_checkpoint
+from imface.testing import sample_codes
 
 
 @pytest.fixture(scope="module")
-def tiny_face():
-    return face_like_model(ModelConfig.tiny(), steps=100)
-
-
-@pytest.fixture
-def checkpoint(tmp_path, monkeypatch, tiny_face):
-    path = tmp_path / "tiny.safetensors"
-    path.write_bytes(b"stand-in")
-    codes = sample_codes(tiny_face.config, seed=0, faces=2)
-    loaded = types.SimpleNamespace(model=tiny_face, codes=codes)
-    fake = types.ModuleType("imface.io")
-    fake.__spec__ = importlib.machinery.ModuleSpec("imface.io", None)  # the CLI looks modules up
-    fake.load_checkpoint = lambda p: loaded if Path(p) == path else None
-    monkeypatch.setitem(sys.modules, "imface.io", fake)
+def checkpoint(face_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    codes = sample_codes(face_model.config, seed=0, faces=2)
+    trained = TrainedCodes(
+        z_id=codes.z_id,
+        z_exp=codes.z_exp,
+        identity_labels=["001", "002"],
+        expression_labels=["2_smile", "2_smile"],
+        expression_identity=[0, 1],
+    )
+    save_checkpoint(path, face_model, trained)
     return path, codes
 
 
@@ -48,7 +38,7 @@ def test_export_topology_then_extract_on_it(tmp_path, checkpoint):
             "extract",
             "--checkpoint",
             str(ckpt),
-            "--index",
+            "--expression",
             str(index),
             "--topology",
             str(topo),
@@ -74,4 +64,4 @@ def test_extract_band_and_dense_agree(tmp_path, checkpoint):
 
 def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
     assert main(["extract", "--checkpoint", str(tmp_path / "nope.safetensors"), "-o", "x.ply"]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert "no such checkpoint" in capsys.readouterr().err
