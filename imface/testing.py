@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from imface.config import ModelConfig
+from imface.metrics import sample_surface
 from imface.model.imface import Codes, ImFace
 
 HEAD_CENTER = (0.0, 0.0, -0.15)
@@ -126,37 +127,22 @@ def sample_codes(config: ModelConfig, seed: int = 0, std: float = 0.3, faces: in
 
 
 # -- metrics --------------------------------------------------------------------------------
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0):
-    """Area-weighted uniform points on a triangle mesh -> (points (N, 3), unit normals (N, 3))."""
-    rng = np.random.default_rng(seed)
-    tri = vertices[faces].astype(np.float64)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = 0.5 * np.linalg.norm(cross, axis=1)
-    pick = rng.choice(len(faces), size=count, p=area / area.sum())
-    u, v = rng.random(count), rng.random(count)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    t = tri[pick]
-    points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
-    normals = cross[pick] / np.maximum(2 * area[pick], 1e-12)[:, None]
-    return points, normals
-
-
 def _point_to_surface(points: np.ndarray, mesh, count: int, seed: int) -> np.ndarray:
     """Distance from points to a mesh, point-to-plane against a dense sampling of it: the nearest
     sample's tangent plane, so the result has no sampling floor (plain point-to-point Chamfer
     between two samplings of one surface is ~0.3 mm at 100 k points)."""
     from scipy.spatial import cKDTree
 
-    ref, normals = sample_surface(mesh.vertices, mesh.faces, count, seed)
+    sample = sample_surface(mesh.vertices, mesh.faces, count, seed)
+    ref, normals = sample.points, sample.normals
     _, idx = cKDTree(ref).query(points)
     return np.abs(((points - ref[idx]) * normals[idx]).sum(-1))
 
 
 def chamfer_mm(a, b, count: int = 100_000, seed: int = 0) -> float:
     """Symmetric Chamfer-L1 (point-to-plane) between two meshes in millimetres (1 unit = 100 mm)."""
-    pa, _ = sample_surface(a.vertices, a.faces, count, seed)
-    pb, _ = sample_surface(b.vertices, b.faces, count, seed + 1)
+    pa = sample_surface(a.vertices, a.faces, count, seed).points
+    pb = sample_surface(b.vertices, b.faces, count, seed + 1).points
     d_ab = _point_to_surface(pa, b, 4 * count, seed + 2).mean()
     d_ba = _point_to_surface(pb, a, 4 * count, seed + 3).mean()
     return float(0.5 * (d_ab + d_ba) * 100.0)
