@@ -120,7 +120,7 @@ def load_codes_json(path: str | Path, checkpoint) -> Codes:
 
 def _face(path: str, checkpoint, resolution: int):
     """(codes, mesh in the model frame) for a codes file or a scan."""
-    from imface.extract import extract_narrow_band, face_sdf
+    from imface.extract import face_mesh
 
     if Path(path).suffix.lower() == ".json":
         codes = load_codes_json(path, checkpoint)
@@ -128,7 +128,7 @@ def _face(path: str, checkpoint, resolution: int):
         from imface.fit import fit_scan
 
         codes = fit_scan(checkpoint, path, resolution=resolution).codes
-    mesh = extract_narrow_band(face_sdf(checkpoint.model, codes), resolution=resolution).mesh
+    mesh = face_mesh(checkpoint.model, codes, resolution)
     return codes, mesh
 
 

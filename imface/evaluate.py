@@ -50,7 +50,7 @@ class Evaluator:
 
     # -- per scan --------------------------------------------------------------------------
     def fit_scan(self, key: str) -> dict:
-        from imface.extract import extract_narrow_band, face_sdf
+        from imface.extract import face_mesh
 
         arrays = self.corpus.load(key)
         stats = self.ckpt.stats
@@ -61,7 +61,7 @@ class Evaluator:
             init_id=stats["id"].mean,
             init_exp=stats["exp"].mean,
         )
-        mesh = extract_narrow_band(face_sdf(self.ckpt.model, fit.codes), resolution=self.resolution).mesh
+        mesh = face_mesh(self.ckpt.model, fit.codes, self.resolution)
         coefficients = self.pca.fit(np.asarray(arrays["surface_points"]), seed=0)
         pca_vertices = self.pca.vertices(torch.from_numpy(coefficients)).detach().numpy()
         result = {
@@ -104,11 +104,11 @@ class Evaluator:
 
     def transfer(self, key_expr: str, key_neutral_src: str, key_neutral_dst: str, key_truth: str) -> dict:
         """Expression of identity A onto identity B, against B's true scan with that expression."""
-        from imface.extract import extract_narrow_band, face_sdf
+        from imface.extract import face_mesh
 
         src, dst = self.fits[key_expr], self.fits[key_neutral_dst]
         codes = Codes(dst["codes"].z_id[0], src["codes"].z_exp[0])
-        mesh = extract_narrow_band(face_sdf(self.ckpt.model, codes), resolution=self.resolution).mesh
+        mesh = face_mesh(self.ckpt.model, codes, self.resolution)
         truth = self.corpus.load(key_truth)
         gt_v, gt_f = np.asarray(truth["gt_vertices"]), np.asarray(truth["gt_faces"])
         delta = src["pca_vertices"] - self.fits[key_neutral_src]["pca_vertices"]

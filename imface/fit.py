@@ -206,7 +206,7 @@ def fit_scan(
     from imface.data.align import align_scan
     from imface.data.preprocess import preprocess_mesh
     from imface.data.scans import load_scan
-    from imface.extract import extract_narrow_band, face_sdf
+    from imface.extract import face_mesh
     from imface.metrics import compare_samples, sample_surface
 
     cfg = config or FitConfig()
@@ -228,7 +228,7 @@ def fit_scan(
         progress=_with_previews(progress, preview_every, checkpoint.model, alignment),
         cancel=cancel,
     )
-    mesh = extract_narrow_band(face_sdf(checkpoint.model, fit.codes), resolution=resolution).mesh
+    mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     scan_vertices = alignment.to_scan(mesh.vertices)
     # accuracy against the scan, in the model frame (mm)
     fitted = sample_surface(mesh.vertices, mesh.faces, 50_000)
@@ -255,11 +255,9 @@ def _with_previews(progress, every: int, model: ImFace, alignment):
 
     def report(info: dict) -> None:
         if info["iteration"] % every == 0 or info["iteration"] == info["iterations"]:
-            from imface.extract import extract_narrow_band, face_sdf
+            from imface.extract import face_mesh
 
-            mesh = extract_narrow_band(
-                face_sdf(model, info["codes"]), resolution=64, coarse_resolution=16
-            ).mesh
+            mesh = face_mesh(model, info["codes"], resolution=64)
             info = {**info, "mesh": (alignment.to_scan(mesh.vertices), mesh.faces)}
         progress(info)
 

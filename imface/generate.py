@@ -57,10 +57,10 @@ def build_rig(model: ImFace, z_id: torch.Tensor, expressions: dict[str, torch.Te
 
     Returns (neutral vertices, faces, {label: vertices}, {label: vertices that failed to converge}).
     """
-    from imface.extract import MorphEngine, extract_narrow_band, face_sdf
+    from imface.extract import MorphEngine, face_mesh
 
     neutral = Codes(z_id, torch.zeros(model.config.exp_dim), torch.tensor([True]))
-    mesh = extract_narrow_band(face_sdf(model, neutral), resolution=resolution).mesh
+    mesh = face_mesh(model, neutral, resolution)
     engine = MorphEngine(model, mesh, neutral)
     targets, failures = {}, {}
     for label, z_exp in expressions.items():
@@ -175,7 +175,7 @@ def add_generate_arguments(parser) -> None:
 
 
 def run_generate(args) -> int:
-    from imface.extract import extract_narrow_band, face_sdf
+    from imface.extract import face_mesh
     from imface.io import load_checkpoint, save_mesh
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -184,7 +184,7 @@ def run_generate(args) -> int:
     for i, codes in enumerate(sample_faces(checkpoint, args.n, args.scale, args.seed)):
         if args.neutral:
             codes = Codes(codes.z_id[0], codes.z_exp[0], torch.tensor([True]))
-        mesh = extract_narrow_band(face_sdf(checkpoint.model, codes), resolution=args.resolution).mesh
+        mesh = face_mesh(checkpoint.model, codes, args.resolution)
         save_mesh(out / f"face_{i:03d}.{args.format}", mesh.vertices * MM_PER_UNIT, mesh.faces)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
@@ -203,7 +203,7 @@ def add_rig_arguments(parser) -> None:
 
 def run_rig(args) -> int:
     from imface.correspond import load_codes_json
-    from imface.extract import extract_narrow_band, face_sdf
+    from imface.extract import face_mesh
     from imface.io import load_checkpoint, save_mesh
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -217,9 +217,7 @@ def run_rig(args) -> int:
         z_id = checkpoint.codes.z_id[args.identity]
     if args.expression_from:  # expression transfer: this identity with another face's expression
         z_exp = load_codes_json(args.expression_from, checkpoint).z_exp[0]
-        mesh = extract_narrow_band(
-            face_sdf(checkpoint.model, Codes(z_id, z_exp)), resolution=args.resolution
-        ).mesh
+        mesh = face_mesh(checkpoint.model, Codes(z_id, z_exp), args.resolution)
         path = Path(args.out) / f"transfer.{args.format}"
         save_mesh(path, mesh.vertices * MM_PER_UNIT, mesh.faces)
         print(json.dumps({"transfer": str(path), "units": "mm"}))

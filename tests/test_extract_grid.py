@@ -181,3 +181,17 @@ def test_band_reuse_grows_where_the_surface_moved_most():
     assert again.reused
     assert again.fraction_evaluated < first.fraction_evaluated
     same_mesh(again.mesh, extract_dense(bumped, resolution=65))
+
+
+def test_largest_component_drops_floating_pieces():
+    import trimesh
+
+    from imface.extract import Mesh
+
+    big = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    small = trimesh.creation.icosphere(subdivisions=1, radius=0.05)
+    small.apply_translation([0.9, 0, 0])
+    both = trimesh.util.concatenate([small, big])
+    kept = Mesh(both.vertices, both.faces).largest_component()
+    assert kept.num_vertices == len(big.vertices) and len(kept.faces) == len(big.faces)
+    np.testing.assert_allclose(np.linalg.norm(kept.vertices, axis=1), 0.5, atol=1e-6)

@@ -94,10 +94,7 @@ class Identity:
 def sample_identity(model, rng: np.random.Generator, sigma: float = 0.2) -> Identity:
     """Moderate identities: Gaussian around the average, clipped, so no caricatures. Left and
     right changes share their value up to a small asymmetry, as in real faces."""
-    pheno = {
-        label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85))
-        for label in model.phenotype_labels
-    }
+    pheno = {label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85)) for label in model.phenotype_labels}
     pheno["age"] = float(rng.uniform(0.45, 0.9))  # adults (0.5 ~ 25 years in Anny)
     changes: dict[str, float] = {}
     for label in face_change_labels(model):

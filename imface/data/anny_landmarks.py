@@ -47,15 +47,9 @@ def derive(v, faces, v_open):
     sv = v[sharp]
     front = sv[:, 2] > N[2] - 0.06
     eye = sharp[
-        front
-        & (sv[:, 0] < -0.01)
-        & (sv[:, 0] > -0.07)
-        & (sv[:, 1] > N[1] + 0.01)
-        & (sv[:, 1] < N[1] + 0.06)
+        front & (sv[:, 0] < -0.01) & (sv[:, 0] > -0.07) & (sv[:, 1] > N[1] + 0.01) & (sv[:, 1] < N[1] + 0.06)
     ]
-    mouth = sharp[
-        front & (np.abs(sv[:, 0]) < 0.04) & (sv[:, 1] < N[1] - 0.012) & (sv[:, 1] > N[1] - 0.06)
-    ]
+    mouth = sharp[front & (np.abs(sv[:, 0]) < 0.04) & (sv[:, 1] < N[1] - 0.012) & (sv[:, 1] > N[1] - 0.06)]
     L = {}
     # Right eye (subject's right = -x): corners are the x-extremes of the lid-margin crease.
     outer, inner = eye[np.argmin(v[eye, 0])], eye[np.argmax(v[eye, 0])]

@@ -50,8 +50,7 @@ class Corpus:
         index = root / INDEX
         if not index.exists():
             raise UserError(
-                f"{root}: not a prepared cache (no {INDEX}; run python -m imface "
-                "prepare SRC --out CACHE)"
+                f"{root}: not a prepared cache (no {INDEX}; run python -m imface prepare SRC --out CACHE)"
             )
         try:
             data = json.loads(index.read_text())

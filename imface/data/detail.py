@@ -68,10 +68,7 @@ def nasolabial_folds(c, lm, depth):
             depth
             * along
             * front
-            * (
-                -np.exp(-((dist / 2.2) ** 2))
-                + 0.4 * (outward > 0) * np.exp(-(((dist - 5) / 3.5) ** 2))
-            )
+            * (-np.exp(-((dist / 2.2) ** 2)) + 0.4 * (outward > 0) * np.exp(-(((dist - 5) / 3.5) ** 2)))
         )
     return out
 

@@ -135,7 +135,5 @@ def _plain(src: Path) -> list[ScanSource]:
         rel = path.relative_to(src)
         identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
         expr = path.stem
-        out.append(
-            ScanSource(f"{identity}/{expr}", identity, expr, path, "neutral" in expr.lower())
-        )
+        out.append(ScanSource(f"{identity}/{expr}", identity, expr, path, "neutral" in expr.lower()))
     return out

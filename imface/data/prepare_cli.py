@@ -27,9 +27,7 @@ from imface.errors import MeshError
 def add_arguments(parser) -> None:
     parser.add_argument("src", help="synthetic corpus, FaceScape TU folder, or folder of scans")
     parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument(
-        "--surface", type=int, default=250_000, help="surface points per scan (paper: 250k)"
-    )
+    parser.add_argument("--surface", type=int, default=250_000, help="surface points per scan (paper: 250k)")
     parser.add_argument(
         "--space", type=int, default=15_000, help="points in the unit sphere per scan (paper: 15k)"
     )
@@ -174,9 +172,7 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
         alignment = align.align_landmarks68(lm_scan, scan.metres)
         method = "landmarks68"
     else:
-        alignment = align.align_scan(
-            scan.vertices, scan.faces, unit or src.unit, path=str(src.path)
-        )
+        alignment = align.align_scan(scan.vertices, scan.faces, unit or src.unit, path=str(src.path))
         method = "automatic"
     v_model = alignment.to_model(scan.vertices)
     rng = np.random.default_rng([seed, zlib.crc32(src.key.encode())])  # same on every run

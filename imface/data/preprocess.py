@@ -272,8 +272,7 @@ def visible_surface(vertices_model_frame, faces):
     v, f = crop_sphere(np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64))
     if len(f) == 0:
         raise MeshError(
-            "no part of the scan lies inside the model's unit sphere "
-            "(is it aligned to the model frame?)"
+            "no part of the scan lies inside the model's unit sphere (is it aligned to the model frame?)"
         )
     v, f = remove_hidden(v, f)
     if len(f) < 10:

@@ -194,9 +194,7 @@ def make_identity(args) -> list[str]:
         if meta_path.exists():  # written last: the scan is complete
             continue
         s = gen.scan(ident, actions)
-        trimesh.Trimesh(s.vertices.astype(np.float32), s.faces, process=False).export(
-            folder / f"{expr}.ply"
-        )
+        trimesh.Trimesh(s.vertices.astype(np.float32), s.faces, process=False).export(folder / f"{expr}.ply")
         np.save(folder / f"{expr}.reg.npy", s.registered.astype(np.float32))
         meta = {
             "identity": name,
@@ -235,9 +233,7 @@ def write_corpus(
     if expressions is not None:
         unknown = sorted(set(expressions) - set(gen.expressions))
         if unknown:
-            raise UserError(
-                f"unknown expressions {', '.join(unknown)} (see {anny_head.EXPRESSIONS_FILE})"
-            )
+            raise UserError(f"unknown expressions {', '.join(unknown)} (see {anny_head.EXPRESSIONS_FILE})")
     only = None if expressions is None else tuple(expressions)
     jobs = [(i, str(out), seed, extra, subdivisions, only) for i in range(identities)]
     keys: list[str] = []

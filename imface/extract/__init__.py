@@ -32,7 +32,7 @@ from imface.extract.grid import (
     reuse_band,
 )
 from imface.extract.morph import MorphEngine, MorphResult, warp_jacobian
-from imface.extract.stream import BandCache, LatestValue, face_sdf, refine, template_sdf
+from imface.extract.stream import BandCache, LatestValue, face_mesh, face_sdf, refine, template_sdf
 
 __all__ = [
     "BandCache",
@@ -49,6 +49,7 @@ __all__ = [
     "evaluate",
     "extract_dense",
     "extract_narrow_band",
+    "face_mesh",
     "face_sdf",
     "marching_cubes",
     "refine",

@@ -40,6 +40,26 @@ class Mesh:
     def num_vertices(self) -> int:
         return int(self.vertices.shape[0])
 
+    def largest_component(self) -> Mesh:
+        """The connected piece with the most faces: drops the small floating surfaces that an SDF
+        learned from open scans can grow far from the face (e.g. beside the ears)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        if len(self.faces) == 0:
+            return self
+        n = self.num_vertices
+        rows = np.concatenate([self.faces[:, 0], self.faces[:, 1]])
+        cols = np.concatenate([self.faces[:, 1], self.faces[:, 2]])
+        graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+        _, label = connected_components(graph, directed=False)
+        face_label = label[self.faces[:, 0]]
+        keep = self.faces[face_label == np.bincount(face_label).argmax()]
+        used = np.unique(keep)
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        return Mesh(self.vertices[used], remap[keep])
+
 
 @dataclass
 class BandState:

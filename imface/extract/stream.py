@@ -38,6 +38,13 @@ def face_sdf(model: ImFace, codes: Codes, *, detail: bool = True) -> SdfFn:
     return sdf
 
 
+def face_mesh(model: ImFace, codes: Codes, resolution: int = 128) -> Mesh:
+    """The face of these codes as one mesh (narrow band; largest connected piece)."""
+    from imface.extract.grid import extract_narrow_band
+
+    return extract_narrow_band(face_sdf(model, codes), resolution=resolution).mesh.largest_component()
+
+
 def template_sdf(model: ImFace) -> SdfFn:
     """sdf_fn of the template face T (template space): the shared topology of `export-topology`."""
     device = model.template_landmarks.device
