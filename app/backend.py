@@ -10,7 +10,6 @@ Workers call these functions off the GUI thread; they take and return numpy arra
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import threading
 from collections.abc import Callable, Iterator
@@ -21,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from imface.errors import CheckpointError, MeshError, UserError
+from imface.io import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported for the window)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "resources" / "imface_default.safetensors"
 MODEL_UNIT_MM = 100.0  # 1 model unit = 100 mm (ARCHITECTURE.md, "Frames and units")
 
 FACESCAPE_EXPRESSIONS = (
@@ -303,14 +302,6 @@ def untrained_model(config=None) -> FaceModel:
     )
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(path: str | Path | None) -> FaceModel:
     """Load a checkpoint (imface.io). Raises CheckpointError with one clear line."""
     if path is None:
@@ -362,8 +353,7 @@ def load_model(path: str | Path | None) -> FaceModel:
     identities = [] if z_id is None else list(_np(z_id).astype(np.float32))
     if not expressions and z_exp is not None and len(z_exp) == 0:
         expressions = {}
-    sha = getattr(ckpt, "sha256", None) or file_sha256(path)
-    return FaceModel(model, path, sha, True, id_space, exp_space, expressions, identities, ckpt)
+    return FaceModel(model, path, ckpt.sha256, True, id_space, exp_space, expressions, identities, ckpt)
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,9 +64,7 @@ def main():
                 rot = Rotation.from_matrix(al.rotation @ (truth[:3, :3] / s).T).magnitude()
                 nose = np.asarray(meta["nose_tip"]) @ r.T * k + shift
                 err = al.to_model(nose) - (truth[:3, :3] @ nose + truth[:3, 3])
-                rows.append(
-                    (np.degrees(rot), np.linalg.norm(err) * 100, abs(al.scale / s - 1) * 100)
-                )
+                rows.append((np.degrees(rot), np.linalg.norm(err) * 100, abs(al.scale / s - 1) * 100))
     rows = np.array(rows)
     pct = lambda c: {q: round(float(np.percentile(rows[:, c], q)), 3) for q in (50, 90, 100)}  # noqa
     print(

@@ -106,9 +106,7 @@ def main() -> None:
 
     base, _ = timed(lambda: extract_narrow_band(face_sdf(model, c0), res, coarse))
     band, band_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse))
-    reuse, reuse_ms = timed(
-        lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base)
-    )
+    reuse, reuse_ms = timed(lambda: extract_narrow_band(face_sdf(model, c1), res, coarse, previous=base))
     log(f"narrow band {band_ms:.0f} ms ({band.fraction_evaluated:.3f}), reuse {reuse_ms:.0f} ms")
 
     r_morph = resolution_for(args.morph_vertices, base.mesh, res)
@@ -165,8 +163,7 @@ def main() -> None:
     out["targets"] = {
         "narrow_band_fraction<=0.15": out["narrow_band_fraction"] <= 0.15,
         "narrow_band_chamfer<0.05mm": out["narrow_band_chamfer_mm"] < 0.05,
-        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1)
-        <= 0.01,
+        "narrow_band_vertices_within_1%": abs(band.mesh.num_vertices / dense.num_vertices - 1) <= 0.01,
         "morph_speedup>=50": out["morph_speedup_vs_dense"] >= 50,
         "morph_chamfer<0.1mm": out["morph_chamfer_mm"] < 0.1,
         "preview_tick_20k<=250ms": out["morph_preview_tick_ms"] <= 250,

@@ -27,7 +27,8 @@ METRICS = ("chamfer_mm", "fscore_1mm", "fscore_2.5mm", "normal_consistency")
 
 
 def _tensors(arrays, keys=("surface_points", "surface_normals", "space_points", "space_sdf")):
-    return {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)) for k in keys}
+    # copy: cached arrays are read-only memory maps, which torch will not wrap silently
+    return {k: torch.tensor(np.asarray(arrays[k], dtype=np.float32)) for k in keys}
 
 
 class Evaluator:

@@ -417,7 +417,8 @@ def run(args) -> int:
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
-    meta = {"corpus": str(args.corpus), "test_identities": args.test_identities}
+    # the corpus by folder name only: checkpoints get shared, machine paths should not travel with them
+    meta = {"corpus": Path(args.corpus).name, "test_identities": args.test_identities}
     trainer = Trainer(cfg, data, run_dir, env, log_every=args.log_every, meta=meta)
     if args.resume:
         trainer.resume()

@@ -73,7 +73,5 @@ def test_preprocess_synthetic_scan(synth_corpus):  # noqa: F811
     behind = s.space_points[:, 2] < -0.8  # far behind the face
     assert (s.space_sdf[behind] < 0).all()
     # surface points sit on the visible mesh
-    sdf_surf, _ = sheet_sdf(
-        Sheet(s.sheet_vertices.astype(float), s.sheet_faces), s.surface_points[:200]
-    )
+    sdf_surf, _ = sheet_sdf(Sheet(s.sheet_vertices.astype(float), s.sheet_faces), s.surface_points[:200])
     assert np.median(np.abs(sdf_surf)) < 1e-3

@@ -24,9 +24,7 @@ def test_layout_and_metadata(synth_corpus):  # noqa: F811
     assert not load_synth(synth_corpus, "001/2_smile")[2]["neutral"]
     # the nose tip goes to (0, 0, 0.4); the face lies in the unit sphere around the origin
     t = np.asarray(meta["to_model"])
-    assert np.allclose(
-        np.asarray(meta["nose_tip"]) @ t[:3, :3].T + t[:3, 3], [0, 0, 0.4], atol=1e-6
-    )
+    assert np.allclose(np.asarray(meta["nose_tip"]) @ t[:3, :3].T + t[:3, 3], [0, 0, 0.4], atol=1e-6)
     vm = model_frame(v, meta)
     assert vm[:, 2].max() < 0.45 and np.linalg.norm(vm, axis=1).min() < 1.0
 
