@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imface.baseline import PCAModel
+from imface.baseline import PCAModel, scan_region
 from imface.config import FitConfig
 from imface.errors import UserError
 from imface.fit import fit_codes
@@ -46,7 +46,10 @@ class Evaluator:
             raise UserError(
                 f"{corpus.root}: no registered topology; the PCA baseline needs a synthetic corpus"
             )
-        self.pca = PCAModel.build(meshes, faces, latent)
+        voters = range(0, len(train_keys), max(len(train_keys) // 20, 1))  # the crop barely varies
+        scans = [np.asarray(corpus.load(train_keys[i])["gt_vertices"]) for i in voters]
+        region = scan_region([meshes[i] for i in voters], scans)
+        self.pca = PCAModel.build(meshes, faces, latent, region)
         self.fits: dict[str, dict] = {}
 
     # -- per scan --------------------------------------------------------------------------
@@ -141,6 +144,7 @@ def evaluate(
         )
     summary = {
         "scans": len(test_keys),
+        "keys": list(test_keys),
         "seconds": round(time.perf_counter() - started, 1),
         "overall": {
             model: _mean_table([r for e in per_expression.values() for r in e[model]])
