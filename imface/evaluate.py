@@ -97,7 +97,10 @@ class Evaluator:
         imface_error = correspondence_error_mm(fb["mesh"].vertices[nearest], true_b[region])
         _, nearest_pca = cKDTree(fa["pca_vertices"]).query(true_a[region])
         pca_error = correspondence_error_mm(fb["pca_vertices"][nearest_pca], true_b[region])
-        return {"imface": imface_error, "pca": pca_error}
+        # no model at all: the nearest point of B's fit in the (aligned) model frame
+        _, nearest_raw = cKDTree(fb["mesh"].vertices).query(true_a[region])
+        raw_error = correspondence_error_mm(fb["mesh"].vertices[nearest_raw], true_b[region])
+        return {"imface": imface_error, "pca": pca_error, "nearest_point": raw_error}
 
     def _template(self, codes: Codes, points: np.ndarray) -> np.ndarray:
         model = self.ckpt.model
@@ -173,7 +176,7 @@ def _pairs_mean(ev: Evaluator, keys, fn) -> dict[str, float]:
         other = by_identity[identities[(n + 1) % len(identities)]]
         for j, key in enumerate(by_identity[ident]):
             results.append(fn(key, other[j % len(other)]))
-    return {m: float(np.mean([r[m] for r in results])) for m in ("imface", "pca")}
+    return {m: float(np.mean([r[m] for r in results])) for m in results[0]}
 
 
 def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
@@ -197,15 +200,16 @@ def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
 def markdown(summary: dict) -> str:
     lines = [
         "| expression | ImFace Chamfer (mm) | PCA Chamfer (mm) | ImFace F@1mm | PCA F@1mm "
-        "| ImFace F@2.5mm | PCA F@2.5mm |",
-        "|---|---|---|---|---|---|---|",
+        "| ImFace F@2.5mm | PCA F@2.5mm | ImFace normals | PCA normals |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name, entry):
         i, p = entry["imface"], entry["pca"]
         return (
             f"| {name} | {i['chamfer_mm']:.3f} | {p['chamfer_mm']:.3f} | {i['fscore_1mm']:.1f} | "
-            f"{p['fscore_1mm']:.1f} | {i['fscore_2.5mm']:.1f} | {p['fscore_2.5mm']:.1f} |"
+            f"{p['fscore_1mm']:.1f} | {i['fscore_2.5mm']:.1f} | {p['fscore_2.5mm']:.1f} | "
+            f"{i['normal_consistency']:.3f} | {p['normal_consistency']:.3f} |"
         )
 
     for expression, entry in summary["per_expression"].items():
@@ -214,7 +218,10 @@ def markdown(summary: dict) -> str:
     extra = []
     if summary.get("correspondence_mm"):
         c = summary["correspondence_mm"]
-        extra.append(f"Correspondence error: ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm.")
+        extra.append(
+            f"Correspondence error: ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm "
+            f"(nearest point without a model: {c.get('nearest_point', float('nan')):.2f} mm)."
+        )
     if summary.get("transfer_chamfer_mm"):
         t = summary["transfer_chamfer_mm"]
         extra.append(f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm, PCA {t['pca']:.3f} mm.")
