@@ -20,7 +20,13 @@ from imface.baseline import PCAModel, scan_region
 from imface.config import FitConfig
 from imface.errors import UserError
 from imface.fit import fit_codes
-from imface.metrics import compare_meshes, correspondence_error_mm
+from imface.metrics import (
+    LANDMARK_REGIONS,
+    compare_meshes,
+    correspondence_error_by_region,
+    correspondence_error_mm,
+    face_regions,
+)
 from imface.model import Codes
 
 METRICS = ("chamfer_mm", "fscore_1mm", "fscore_2.5mm", "normal_consistency")
@@ -94,13 +100,17 @@ class Evaluator:
         from scipy.spatial import cKDTree
 
         _, nearest = cKDTree(template_b).query(template_a)
-        imface_error = correspondence_error_mm(fb["mesh"].vertices[nearest], true_b[region])
+        regions = face_regions(true_b[region], np.asarray(self.corpus.load(key_b)["landmarks68"]))
+        imface = correspondence_error_by_region(fb["mesh"].vertices[nearest], true_b[region], regions)
         _, nearest_pca = cKDTree(fa["pca_vertices"]).query(true_a[region])
-        pca_error = correspondence_error_mm(fb["pca_vertices"][nearest_pca], true_b[region])
+        pca = correspondence_error_by_region(fb["pca_vertices"][nearest_pca], true_b[region], regions)
         # no model at all: the nearest point of B's fit in the (aligned) model frame
         _, nearest_raw = cKDTree(fb["mesh"].vertices).query(true_a[region])
         raw_error = correspondence_error_mm(fb["mesh"].vertices[nearest_raw], true_b[region])
-        return {"imface": imface_error, "pca": pca_error, "nearest_point": raw_error}
+        by_region = {
+            f"{name}/{r}": e for name, errors in (("imface", imface), ("pca", pca)) for r, e in errors.items()
+        }
+        return {"imface": imface["all"], "pca": pca["all"], "nearest_point": raw_error, **by_region}
 
     def _template(self, codes: Codes, points: np.ndarray) -> np.ndarray:
         model = self.ckpt.model
@@ -222,6 +232,16 @@ def markdown(summary: dict) -> str:
             f"Correspondence error: ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm "
             f"(nearest point without a model: {c.get('nearest_point', float('nan')):.2f} mm)."
         )
+        regions = [r for r in LANDMARK_REGIONS if f"imface/{r}" in c]
+        if regions:
+            extra += [
+                "",
+                "| correspondence (mm) | " + " | ".join(regions) + " |",
+                "|---|" + "---|" * len(regions),
+            ]
+            for model, name in (("imface", "ImFace"), ("pca", "PCA")):
+                extra.append(f"| {name} | " + " | ".join(f"{c[f'{model}/{r}']:.2f}" for r in regions) + " |")
+            extra.append("")
     if summary.get("transfer_chamfer_mm"):
         t = summary["transfer_chamfer_mm"]
         extra.append(f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm, PCA {t['pca']:.3f} mm.")

@@ -95,3 +95,35 @@ def _sample_in_region(vertices, faces, count, centre, radius, seed) -> SurfaceSa
 def correspondence_error_mm(predicted: np.ndarray, truth: np.ndarray, scale: float = MM_PER_UNIT) -> float:
     """Mean distance between predicted and true positions of corresponding points."""
     return float(np.linalg.norm(np.asarray(predicted) - np.asarray(truth), axis=1).mean() * scale)
+
+
+# iBUG-68 landmark groups; a vertex belongs to the region of its nearest landmark
+LANDMARK_REGIONS = {
+    "jaw_cheeks": range(0, 17),
+    "brows": range(17, 27),
+    "nose": range(27, 36),
+    "eyes": range(36, 48),
+    "mouth": range(48, 68),
+}
+
+
+def face_regions(vertices: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
+    """Region name of each vertex (nearest iBUG-68 landmark's group), for per-region reports."""
+    names = np.empty(68, dtype=object)
+    for name, indices in LANDMARK_REGIONS.items():
+        names[list(indices)] = name
+    _, nearest = cKDTree(np.asarray(landmarks68)).query(np.asarray(vertices))
+    return names[nearest]
+
+
+def correspondence_error_by_region(
+    predicted: np.ndarray, truth: np.ndarray, regions: np.ndarray, scale: float = MM_PER_UNIT
+) -> dict[str, float]:
+    """Mean correspondence error (mm) per region label, plus "all"."""
+    distance = np.linalg.norm(np.asarray(predicted) - np.asarray(truth), axis=1) * scale
+    result = {"all": float(distance.mean())}
+    for name in LANDMARK_REGIONS:
+        chosen = regions == name
+        if chosen.any():
+            result[name] = float(distance[chosen].mean())
+    return result

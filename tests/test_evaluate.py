@@ -69,3 +69,18 @@ def test_eval_compares_imface_and_pca_on_people_the_model_never_saw(trained, tmp
         overall = summary["overall"][model]
         assert overall["chamfer_mm"] > 0 and 0 <= overall["fscore_1mm"] <= 100
     assert "| ImFace" in out.with_suffix(".md").read_text()
+
+
+def test_correspondence_error_is_reported_per_face_region():
+    from imface.metrics import correspondence_error_by_region, face_regions
+
+    landmarks = np.zeros((68, 3))
+    landmarks[30] = [0, 0, 1]  # nose tip
+    landmarks[48:68] = [0, -1, 0.5]  # mouth
+    truth = np.array([[0, 0, 0.95], [0, -0.9, 0.5], [0, -1.1, 0.5]])
+    regions = face_regions(truth, landmarks)
+    assert list(regions) == ["nose", "mouth", "mouth"]
+    predicted = truth + np.array([[0.01, 0, 0], [0, 0.03, 0], [0, 0.01, 0]])  # 1 mm, 3 mm, 1 mm
+    errors = correspondence_error_by_region(predicted, truth, regions)
+    assert errors["nose"] == pytest.approx(1.0) and errors["mouth"] == pytest.approx(2.0)
+    assert errors["all"] == pytest.approx(5 / 3) and "eyes" not in errors
