@@ -381,7 +381,12 @@ def extract(fm: FaceModel, codes: FaceCodes, resolution: int | None = None, canc
             )
         else:
             result = ext.extract_dense(sdf_fn, resolution)
-    return _check_mesh(MeshData.from_any(getattr(result, "mesh", result)), fm)
+    return _check_mesh(MeshData.from_any(_face_piece(getattr(result, "mesh", result))), fm)
+
+
+def _face_piece(mesh):
+    """The face without the small floating surfaces an SDF learned from open scans grows beside it."""
+    return mesh.largest_component() if hasattr(mesh, "largest_component") else mesh
 
 
 def _check_mesh(mesh: MeshData, fm: FaceModel) -> MeshData:
@@ -412,7 +417,7 @@ def refine(
                     return
             if cancel is not None and cancel.is_set():
                 return
-            yield stage, _check_mesh(MeshData.from_any(mesh), fm)
+            yield stage, _check_mesh(MeshData.from_any(_face_piece(mesh)), fm)
     yield "fine", extract(fm, codes, cancel=cancel)
 
 

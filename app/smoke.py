@@ -1,6 +1,7 @@
 """End-to-end smoke run of the real window (needs a display, e.g. under Xvfb):
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python -m app.smoke --out OUT [--fake | --checkpoint C]
+        [--shots] [--train-log RUN/log.jsonl] [--scan SCAN]
 
 Opens the editor, moves an identity slider (live morph, then refine), drops a synthetic scan on the
 window, waits for the fit, measures event-loop latency while the fit runs, and saves screenshots
@@ -32,6 +33,7 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--shots", action="store_true", help="also save one screenshot per panel")
     p.add_argument("--train-log", help="a RUN/log.jsonl to show in the training panel screenshot")
+    p.add_argument("--scan", help="the scan to drop (default: a generated face-like height field)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def run(argv: list[str] | None = None) -> int:
         shoot_panels(w, app, out, pump, args.train_log)
 
     # drop a synthetic scan; measure latency while it is fitted
-    scan = synthetic_scan(out / "scan.obj")
+    scan = Path(args.scan).resolve() if args.scan else synthetic_scan(out / "scan.obj")
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(scan))])
     probe = LatencyProbe()
