@@ -9,6 +9,7 @@ import trimesh
 
 from imface.cli import main
 from imface.io import TrainedCodes, save_checkpoint
+from tests.data_fixtures import synth_corpus  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,25 @@ def test_correspond_two_code_files(checkpoint, tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"z_id": [0.0] * 3, "z_exp": [0.0] * 3}))
     assert main(["correspond", str(wrong), str(b), "--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+
+
+def test_fit_folder_is_resumable_and_reports_non_faces(checkpoint, synth_corpus, tmp_path, capsys):  # noqa: F811
+    scans, out = tmp_path / "scans", tmp_path / "fitted"
+    (scans / "sub").mkdir(parents=True)
+    face = trimesh.load(synth_corpus / "001/1_neutral.ply", process=False)
+    face.vertices = face.vertices * 0.001 + [0.5, 0.2, 1.0]  # metres, moved
+    face.export(scans / "face.ply")
+    trimesh.creation.icosphere(3, radius=80).export(scans / "sub" / "ball.stl")
+    args = ["fit", str(scans), "--out", str(out), "--checkpoint", str(checkpoint)]
+    args += ["--iterations", "3", "--resolution", "32"]
+    assert main(args) == 1  # one scan failed
+    assert "does not look like a face" in (out / "sub" / "ball.error.txt").read_text()
+    fitted = trimesh.load(out / "face.ply", process=False)
+    assert np.linalg.norm(fitted.vertices.mean(0) - face.vertices.mean(0)) < 0.05  # back on the scan
+    assert np.ptp(fitted.vertices, axis=0).max() < 0.3  # in the scan's unit (m)
+    report = json.loads((out / "face.report.json").read_text())
+    assert report["iterations"] == 3 and len(json.loads((out / "face.codes.json").read_text())["z_id"]) == 10
+    capsys.readouterr()
+    main(args)  # resumes: the finished scan is skipped, the failed one retried
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == {"fitted": 0, "skipped": 1, "failed": 1, "out": str(out)}
