@@ -49,16 +49,16 @@ class PCAModel:
         self,
         surface_points: np.ndarray,
         iterations: int = 30,
-        prior: float = 1e-6,
-        points: int = 20_000,
+        prior: float = 1e-3,
+        points: int = 10_000,
         seed: int = 0,
     ) -> np.ndarray:
-        """Coefficients minimising the two-sided squared closest-point distance between the model's
-        region vertices and the scan's surface samples, plus prior * mean(c^2) (std units; 1e-6 is (0.1 mm)^2).
+        """Coefficients minimising the two-sided closest-point (Chamfer-L1) distance between the
+        model's region vertices and the scan's surface samples, plus prior * mean(c^2) (std units).
 
-        The model is linear, so each step is exact: pair every vertex with its nearest scan point
-        and every scan point with its nearest vertex (as Chamfer does), then solve the normal
-        equations for the coefficients (ICP on a linear model)."""
+        The model is linear, so each step is a small exact solve: pair every vertex with its
+        nearest scan point and every scan point with its nearest vertex (as Chamfer does), then
+        solve the reweighted normal equations for the coefficients (ICP on a linear model)."""
         from scipy.spatial import cKDTree
 
         rng = np.random.default_rng(seed)
@@ -73,20 +73,27 @@ class PCAModel:
         coefficients = np.zeros(k)
         for _ in range(iterations):
             verts = mean + basis @ coefficients
-            _, to_scan = target_tree.query(verts)  # each vertex -> nearest scan point
-            _, to_model = cKDTree(verts).query(target)  # each scan point -> nearest vertex
-            # rows: B_i c = t_i - m_i, weighted 1/count per direction (the two Chamfer means)
-            rows = [(basis, target[to_scan] - mean, 1.0 / len(verts))]
-            rows.append((basis[to_model], target - mean[to_model], 1.0 / len(target)))
+            d_scan, to_scan = target_tree.query(verts)  # each vertex -> nearest scan point
+            d_model, to_model = cKDTree(verts).query(target)  # each scan point -> nearest vertex
+            # rows B_i c = t_i - m_i; weights 1/distance make the squared terms the L1 Chamfer
+            # (iteratively reweighted), each direction a mean
+            rows = [(basis, target[to_scan] - mean, _l1_weights(d_scan))]
+            rows.append((basis[to_model], target - mean[to_model], _l1_weights(d_model)))
             lhs, rhs = prior / k * np.eye(k), np.zeros(k)
             for b, r, w in rows:
                 flat_b, flat_r = b.reshape(-1, k), r.reshape(-1)
-                lhs += w * flat_b.T @ flat_b
-                rhs += w * flat_b.T @ flat_r
+                flat_w = np.repeat(w, 3)[:, None]
+                lhs += flat_b.T @ (flat_w * flat_b)
+                rhs += flat_b.T @ (flat_w[:, 0] * flat_r)
             previous, coefficients = coefficients, np.linalg.solve(lhs, rhs)
             if np.abs(coefficients - previous).max() < 1e-4:
                 break
         return coefficients.astype(np.float32)
+
+
+def _l1_weights(distance: np.ndarray, floor: float = 0.005) -> np.ndarray:
+    """IRLS weights for a mean of distances: 1 / (count * max(d, 0.5 mm))."""
+    return 1.0 / (len(distance) * np.maximum(distance, floor))
 
 
 def scan_region(registered: list[np.ndarray], scans: list[np.ndarray], tolerance: float = 0.01) -> np.ndarray:
