@@ -22,6 +22,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
+from imface.errors import UserError
 from imface.fit import fit_scan
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -64,7 +65,11 @@ def main() -> None:
             posed.export(path)
             losses = []
             cfg = FitConfig(iterations=args.iterations)
-            result = fit_scan(ckpt, path, cfg, progress=lambda info, out=losses: out.append(info["loss"]))
+            try:
+                result = fit_scan(ckpt, path, cfg, progress=lambda info, out=losses: out.append(info["loss"]))
+            except UserError as exc:  # e.g. the automatic alignment refused the scan: count it
+                rows.append({"scan": key, "unit": unit, "failed": str(exc)})
+                continue
             final = losses[-1]
             within = next(i + 1 for i, v in enumerate(losses) if v <= final * 1.05)
             rows.append(
@@ -77,6 +82,7 @@ def main() -> None:
                     "iterations_to_5pct": within,
                 }
             )
+    fitted = [r for r in rows if "failed" not in r]
     summary = {
         "benchmark": "fit",
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
@@ -84,9 +90,10 @@ def main() -> None:
         "checkpoint": ckpt.sha256[:12],
         "iterations": args.iterations,
         "scans": len(rows),
-        "mean_seconds": round(float(np.mean([r["seconds"] for r in rows])), 2),
-        "mean_chamfer_mm": round(float(np.mean([r["chamfer_mm"] for r in rows])), 4),
-        "mean_fscore_1mm": round(float(np.mean([r["fscore_1mm"] for r in rows])), 2),
+        "failed": len(rows) - len(fitted),
+        "mean_seconds": round(float(np.mean([r["seconds"] for r in fitted])), 2),
+        "mean_chamfer_mm": round(float(np.mean([r["chamfer_mm"] for r in fitted])), 4),
+        "mean_fscore_1mm": round(float(np.mean([r["fscore_1mm"] for r in fitted])), 2),
         "per_scan": rows,
     }
     print(json.dumps(summary))
