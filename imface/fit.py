@@ -207,7 +207,7 @@ def fit_scan(
     from imface.data.preprocess import preprocess_mesh
     from imface.data.scans import load_scan
     from imface.extract import face_mesh
-    from imface.metrics import compare_samples, sample_surface
+    from imface.metrics import SurfaceSample, compare_samples, inside_region, sample_surface
 
     cfg = config or FitConfig()
     started = time.perf_counter()
@@ -230,11 +230,12 @@ def fit_scan(
     )
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     scan_vertices = alignment.to_scan(mesh.vertices)
-    # accuracy against the scan, in the model frame (mm)
-    fitted = sample_surface(mesh.vertices, mesh.faces, 50_000)
+    # accuracy against the scan in the model frame (mm), inside the protocol's region: the
+    # 100 mm sphere the scan was cropped to (the extraction cube's corners lie outside it)
+    fitted = sample_surface(mesh.vertices, mesh.faces, 75_000)
+    inside = inside_region(fitted.points, np.zeros(3), 1.0)
+    fitted = SurfaceSample(fitted.points[inside], fitted.normals[inside])
     target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
-    from imface.metrics import SurfaceSample
-
     scores = compare_samples(fitted, SurfaceSample(*target))
     report = {
         "seconds": round(time.perf_counter() - started, 2),
