@@ -33,6 +33,8 @@ from app.viewport import SCAN_COLOR, Viewport
 from app.workers import Job, JobManager, MeshPipeline
 from imface.errors import UserError
 
+HEAT_MAX_MM = 5.0  # top of the scan-to-fit distance colour bar
+
 MAX_RECENT = 8
 SCAN_FILTER = "Scans (*.obj *.ply *.stl *.off *.glb *.gltf *.xyz *.npy *.npz);;All files (*)"
 OTHER_OFFSET = np.array([2.2, 0.0, 0.0], np.float32)  # face B beside the current face (model units)
@@ -538,7 +540,10 @@ class MainWindow(QMainWindow):
         else:
             self.viewport.set_mesh("fit", fit.mesh, opacity=0.35, color=(0.8, 0.8, 0.8))
             if scan is not None:
-                hi = max(float(np.percentile(fit.distances_mm, 98)), 0.5) if len(fit.distances_mm) else 1.0
+                # at most 5 mm: scan parts the model does not cover (top of the head, neck) would
+                # otherwise stretch the bar to centimetres and turn the face one colour
+                hi = float(np.percentile(fit.distances_mm, 98)) if len(fit.distances_mm) else 1.0
+                hi = min(max(hi, 0.5), HEAT_MAX_MM)
                 self.viewport.set_mesh(
                     "scan", scan.mesh, scalars=fit.distances_mm, scalar_title="distance (mm)", clim=(0.0, hi)
                 )
