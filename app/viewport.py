@@ -92,7 +92,9 @@ class Viewport(QObject):
             self.meshes[name] = mesh
             return
         poly = to_polydata(MeshData(mesh.vertices + self.offsets[name], mesh.faces))
-        kwargs = dict(name=name, opacity=opacity, pickable=True, show_scalar_bar=False)
+        # render=False: add_mesh would otherwise render at once (up to a second for a large scan on
+        # software GL); callers schedule one render for all their changes
+        kwargs = dict(name=name, opacity=opacity, pickable=True, show_scalar_bar=False, render=False)
         if colors is not None:
             poly.point_data["RGB"] = np.asarray(colors, np.uint8)
             kwargs.update(scalars="RGB", rgb=True)
@@ -186,6 +188,7 @@ class Viewport(QObject):
             point_size=size,
             render_points_as_spheres=True,
             pickable=False,
+            render=False,
         )
 
     # -- view ----------------------------------------------------------------------------------------
