@@ -92,7 +92,8 @@ class Evaluator:
         """Map A's true vertices to B through template space (ImFace) or through the PCA's vertex
         indices; error against B's true vertex of the same index (face region only)."""
         true_a = np.asarray(self.corpus.load(key_a)["registered_vertices"], dtype=np.float32)
-        true_b = np.asarray(self.corpus.load(key_b)["registered_vertices"], dtype=np.float32)
+        arrays_b = self.corpus.load(key_b)
+        true_b = np.asarray(arrays_b["registered_vertices"], dtype=np.float32)
         region = (np.linalg.norm(true_a, axis=1) < 1.0) & (np.linalg.norm(true_b, axis=1) < 1.0)
         fa, fb = self.fits[key_a], self.fits[key_b]
         template_a = self._template(fa["codes"], true_a[region])
@@ -100,7 +101,7 @@ class Evaluator:
         from scipy.spatial import cKDTree
 
         _, nearest = cKDTree(template_b).query(template_a)
-        regions = face_regions(true_b[region], np.asarray(self.corpus.load(key_b)["landmarks68"]))
+        regions = face_regions(true_b[region], np.asarray(arrays_b["landmarks68"]))
         imface = correspondence_error_by_region(fb["mesh"].vertices[nearest], true_b[region], regions)
         _, nearest_pca = cKDTree(fa["pca_vertices"]).query(true_a[region])
         pca = correspondence_error_by_region(fb["pca_vertices"][nearest_pca], true_b[region], regions)

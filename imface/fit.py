@@ -207,7 +207,7 @@ def fit_scan(
     from imface.data.preprocess import preprocess_mesh
     from imface.data.scans import load_scan
     from imface.extract import face_mesh
-    from imface.metrics import SurfaceSample, compare_samples, inside_region, sample_surface
+    from imface.metrics import SurfaceSample, compare_samples, sample_in_region
 
     cfg = config or FitConfig()
     started = time.perf_counter()
@@ -232,9 +232,7 @@ def fit_scan(
     scan_vertices = alignment.to_scan(mesh.vertices)
     # accuracy against the scan in the model frame (mm), inside the protocol's region: the
     # 100 mm sphere the scan was cropped to (the extraction cube's corners lie outside it)
-    fitted = sample_surface(mesh.vertices, mesh.faces, 75_000)
-    inside = inside_region(fitted.points, np.zeros(3), 1.0)
-    fitted = SurfaceSample(fitted.points[inside], fitted.normals[inside])
+    fitted = sample_in_region(mesh.vertices, mesh.faces, 50_000, np.zeros(3), 1.0)
     target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
     scores = compare_samples(fitted, SurfaceSample(*target))
     report = {

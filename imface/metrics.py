@@ -80,12 +80,13 @@ def compare_meshes(
     """The official protocol: `count` points on each mesh inside the region sphere (model frame:
     radius 1 = 100 mm around the point 40 mm behind the nose tip, i.e. the origin)."""
     centre = np.zeros(3) if region_centre is None else np.asarray(region_centre, dtype=np.float64)
-    pred = _sample_in_region(pred_vertices, pred_faces, count, centre, region_radius, seed)
-    true = _sample_in_region(true_vertices, true_faces, count, centre, region_radius, seed + 1)
+    pred = sample_in_region(pred_vertices, pred_faces, count, centre, region_radius, seed)
+    true = sample_in_region(true_vertices, true_faces, count, centre, region_radius, seed + 1)
     return compare_samples(pred, true)
 
 
-def _sample_in_region(vertices, faces, count, centre, radius, seed) -> SurfaceSample:
+def sample_in_region(vertices, faces, count, centre, radius, seed=0) -> SurfaceSample:
+    """Up to `count` area-uniform surface points inside the sphere (centre, radius)."""
     # oversample, then keep the points inside the region
     sample = sample_surface(vertices, faces, int(count * 1.5), seed)
     keep = inside_region(sample.points, centre, radius)
