@@ -21,8 +21,7 @@ import numpy as np
 
 from imface.errors import CheckpointError, MeshError, UserError
 from imface.io import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported for the window)
-
-MODEL_UNIT_MM = 100.0  # 1 model unit = 100 mm (ARCHITECTURE.md, "Frames and units")
+from imface.units import MM_PER_UNIT as MODEL_UNIT_MM
 
 FACESCAPE_EXPRESSIONS = (
     "1_neutral", "2_smile", "3_mouth_stretch", "4_anger", "5_jaw_left", "6_jaw_right",
@@ -33,7 +32,7 @@ FACESCAPE_EXPRESSIONS = (
 
 # What the editor does itself because it is UI-level (or until the imface piece lands).
 LOCAL_FALLBACKS = {
-    "scan loading": "trimesh.load when imface.data.scans is missing (display only; fitting needs imface.fit)",
+    "scan loading": "trimesh.load when imface.scan.load is missing (display only)",
     "texture colours": (
         "colours from template coordinates (app/backend.texture_colors) when imface.correspond is missing"
     ),
@@ -59,12 +58,12 @@ def feature_status() -> dict[str, bool]:
         "checkpoints (imface.io)": ("imface.io", "load_checkpoint"),
         "mesh extraction (imface.extract)": ("imface.extract", "extract_dense"),
         "live morphing (imface.extract.MorphEngine)": ("imface.extract", "MorphEngine"),
-        "fitting (imface.fit)": ("imface.fit", "fit_scan"),
-        "scan loading (imface.data.scans)": ("imface.data.scans", "load_scan"),
-        "alignment (imface.data.align)": ("imface.data.align", "align_from_landmarks"),
+        "fitting (imface.fit.codes)": ("imface.fit.codes", "fit_scan"),
+        "scan loading (imface.scan.load)": ("imface.scan.load", "load_scan"),
+        "alignment (imface.scan.align)": ("imface.scan.align", "align_from_landmarks"),
         "correspondence (imface.correspond)": ("imface.correspond", None),
         "generation / rig (imface.generate)": ("imface.generate", None),
-        "training (imface.train)": ("imface.train", None),
+        "training (imface.train.trainer)": ("imface.train.trainer", None),
     }
     out = {}
     for label, (module, attr) in names.items():
@@ -477,14 +476,14 @@ class ScanData:
     path: Path
     mesh: MeshData  # in the scan's own frame and unit
     unit_mm: float = 1.0  # millimetres per scan unit (for the heat map colour bar)
-    handle: Any = None  # what imface.data.scans returned (passed on to the fit)
+    handle: Any = None  # what imface.scan.load returned (passed on to the fit)
 
 
 def load_scan(path: str | Path) -> ScanData:
     path = Path(path)
     if not path.exists():
         raise MeshError(f"{path}: no such file")
-    scans = _optional("imface.data.scans")
+    scans = _optional("imface.scan.load")
     if scans is not None and hasattr(scans, "load_scan"):
         try:
             scan = scans.load_scan(path)
@@ -538,21 +537,21 @@ def fit(
 ) -> FitOutcome:
     if hasattr(fm.model, "backend_fit"):
         return fm.model.backend_fit(scan, progress, cancel)
-    fit_scan = _need("imface.fit", "fit_scan", "Fitting")
+    fit_scan = _need("imface.fit.codes", "fit_scan", "Fitting")
     for module, attr in (
-        ("imface.data.align", "align_scan"),
-        ("imface.data.preprocess", "preprocess_mesh"),
-        ("imface.data.scans", "load_scan"),
+        ("imface.scan.align", "align_scan"),
+        ("imface.samples.preprocess", "preprocess_mesh"),
+        ("imface.scan.load", "load_scan"),
     ):
         _need(module, attr, "Fitting")
-    fit_mod = _optional("imface.fit")
+    fit_mod = _optional("imface.fit.codes")
     config = fit_mod.FitConfig() if hasattr(fit_mod, "FitConfig") else None
     if config is None:
         cfg_mod = _optional("imface.config")
         config = cfg_mod.FitConfig() if hasattr(cfg_mod, "FitConfig") else None
 
     def _progress(info, loss=None, mesh=None):
-        if isinstance(info, dict):  # imface.fit: {"iteration", "iterations", "loss"[, "mesh"]}
+        if isinstance(info, dict):  # imface.fit.codes: {"iteration", "iterations", "loss"[, "mesh"]}
             mesh = info.get("mesh")
             progress(
                 int(info.get("iteration", 0)),
@@ -596,7 +595,7 @@ PREVIEW_EVERY = 25  # fit iterations between live meshes in the viewport
 
 def _fit_with_landmarks(fit_mod, ckpt, scan: ScanData, points5: np.ndarray, config, progress, cancel):
     """The manual fallback: align from 5 picked points, then fit as usual."""
-    from imface.data.align import align_from_landmarks
+    from imface.scan.align import align_from_landmarks
 
     target = scan.handle if scan.handle is not None else scan.path
     alignment = align_from_landmarks(points5)

@@ -42,7 +42,7 @@ class LatencyProbe(QObject):
 
 def torch_fit_workload(job, seconds: float = 2.0, tiny: bool = True):
     """What a fit does to the CPU and the GIL: Adam steps on codes through an ImFace (tiny config),
-    reporting progress every step. Used by the latency probe when imface.fit is not the subject."""
+    reporting progress every step. Used by the latency probe when imface.fit.codes is not the subject."""
     import torch
 
     from imface.config import ModelConfig
@@ -88,12 +88,12 @@ def warm_up():
     for name in (
         "imface.model.imface",
         "imface.extract",
-        "imface.fit",
+        "imface.fit.codes",
         "imface.correspond",
         "imface.metrics",
-        "imface.data.scans",
-        "imface.data.align",
-        "imface.data.preprocess",
+        "imface.scan.load",
+        "imface.scan.align",
+        "imface.samples.preprocess",
         "scipy.spatial",
         "trimesh",
     ):

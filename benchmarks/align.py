@@ -15,8 +15,8 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from imface.data.align import align_scan
-from imface.data.synth import write_corpus
+from imface.corpus.synth import write_corpus
+from imface.scan.align import align_scan
 
 UNIT = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
 

@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit import fit_scan
+from imface.fit.codes import fit_scan
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 
 UNITS = {"m": 0.001, "cm": 0.1, "mm": 1.0}  # factor from mm
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=FitConfig.iterations)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from imface.data.corpus import Corpus
+    from imface.samples.cache import Corpus
 
     ckpt = load_checkpoint(args.checkpoint)
     corpus = Corpus.open(args.corpus)

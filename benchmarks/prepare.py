@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from imface.data.facescape import find_scans
-from imface.data.prepare_cli import prepare_scan
-from imface.data.synth import write_corpus
+from imface.corpus.facescape import find_scans
+from imface.corpus.synth import write_corpus
+from imface.samples.prepare import prepare_scan
 
 
 def main():

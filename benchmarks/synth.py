@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imface.data.anny_head import load_expressions
-from imface.data.synth import _generator, write_corpus
+from imface.corpus.anny_head import load_expressions
+from imface.corpus.synth import _generator, write_corpus
 
 
 def main():

@@ -18,11 +18,11 @@ from imface.errors import UserError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("imface.io", "show what a checkpoint holds"),
-    "synth": ("imface.data.synth", "make a synthetic FaceScape-like corpus from the Anny head"),
-    "prepare": ("imface.data.prepare_cli", "preprocess scans into cached SDF samples"),
-    "train": ("imface.train", "train ImFace on a prepared corpus (torchrun for several GPUs)"),
+    "synth": ("imface.corpus.synth", "make a synthetic FaceScape-like corpus from the Anny head"),
+    "prepare": ("imface.samples.prepare", "preprocess scans into cached SDF samples"),
+    "train": ("imface.train.trainer", "train ImFace on a prepared corpus (torchrun for several GPUs)"),
     "eval": ("imface.evaluate", "evaluate a checkpoint against the PCA baseline"),
-    "fit": ("imface.fit", "fit the model to a scan (any pose and unit)"),
+    "fit": ("imface.fit.codes", "fit the model to a scan (any pose and unit)"),
     "correspond": ("imface.correspond", "dense correspondence between two faces"),
     "generate": ("imface.generate", "sample random faces from the code statistics"),
     "rig": ("imface.generate", "export a 20-expression rig for a fitted identity"),

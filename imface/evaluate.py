@@ -19,7 +19,7 @@ import torch
 from imface.baseline import PCAModel, scan_region
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit import fit_codes
+from imface.fit.codes import fit_codes
 from imface.metrics import (
     LANDMARK_REGIONS,
     compare_meshes,
@@ -270,8 +270,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imface.data.corpus import Corpus
     from imface.io import load_checkpoint
+    from imface.samples.cache import Corpus
 
     ckpt = load_checkpoint(args.checkpoint)
     corpus = Corpus.open(args.corpus)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from imface.errors import UserError
-from imface.metrics import MM_PER_UNIT
 from imface.model import Codes, ImFace
+from imface.units import MM_PER_UNIT
 
 
 # -- sampling -------------------------------------------------------------------------------------

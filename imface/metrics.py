@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-MM_PER_UNIT = 100.0  # model frame: 1 unit = 100 mm
+from imface.units import MM_PER_UNIT
 
 
 @dataclass

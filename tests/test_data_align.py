@@ -5,9 +5,9 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from imface.data.align import Alignment, align_from_landmarks, align_scan, template
-from imface.data.scans import load_scan
 from imface.errors import MeshError
+from imface.scan.align import Alignment, align_from_landmarks, align_scan, template
+from imface.scan.load import load_scan
 from tests.data_fixtures import load_synth, synth_corpus  # noqa: F401
 
 UNIT_PER_MM = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
@@ -106,7 +106,7 @@ def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):  # noqa:
     """A dense height-field scan (3 M vertices, metres) is decimated on load and aligned."""
     from scipy.interpolate import LinearNDInterpolator
 
-    from imface.data.preprocess import visible_surface
+    from imface.samples.preprocess import visible_surface
 
     v, f, meta = load_synth(synth_corpus, "001/1_neutral")
     t = np.asarray(meta["to_model"])

@@ -10,10 +10,10 @@ import trimesh
 from torch.utils.data import DataLoader, DistributedSampler
 
 from imface.cli import main
-from imface.data import anny_head
-from imface.data.corpus import Corpus
-from imface.data.dataset import SDFDataset
-from imface.data.facescape import find_scans
+from imface.corpus import anny_head
+from imface.corpus.facescape import find_scans
+from imface.samples.cache import Corpus
+from imface.samples.dataset import SDFDataset
 from tests.data_fixtures import synth_corpus  # noqa: F401
 
 SMALL = ["--surface", "2000", "--space", "500", "--workers", "1"]

@@ -3,7 +3,7 @@
 import numpy as np
 import trimesh
 
-from imface.data.preprocess import (
+from imface.samples.preprocess import (
     Sheet,
     crop_sphere,
     delaunay_sheet,

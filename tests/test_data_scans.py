@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from imface.data.scans import decimate, guess_unit, load_scan
 from imface.errors import MeshError
+from imface.scan.load import decimate, guess_unit, load_scan
 from tests.data_fixtures import load_synth, synth_corpus  # noqa: F401
 
 

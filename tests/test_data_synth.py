@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from imface.data import anny_head
-from imface.data.detail import displacement_mm
+from imface.corpus import anny_head
+from imface.corpus.detail import displacement_mm
 from tests.data_fixtures import EXPRESSIONS, load_synth, model_frame, synth_corpus  # noqa: F401
 
 
@@ -30,7 +30,7 @@ def test_layout_and_metadata(synth_corpus):  # noqa: F811
 
 
 def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
-    from imface.data.align import template
+    from imface.scan.align import template
 
     idx = anny_head.load_landmarks().indices
     assert len(idx) == 68 and len(set(idx.tolist())) == 68
@@ -47,7 +47,7 @@ def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
 
 
 def test_deterministic_for_a_seed(tmp_path, synth_corpus):  # noqa: F811
-    from imface.data.synth import write_corpus
+    from imface.corpus.synth import write_corpus
 
     write_corpus(tmp_path / "a", 1, seed=3, extra=0, progress=False, expressions=["2_smile"])
     write_corpus(tmp_path / "b", 1, seed=4, extra=0, progress=False, expressions=["2_smile"])

@@ -10,7 +10,7 @@ import torch
 from imface.config import FitConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.extract import extract_narrow_band, face_sdf
-from imface.fit import FitCancelled, fit_codes
+from imface.fit.codes import FitCancelled, fit_codes
 from imface.generate import build_rig, write_glb_with_morph_targets
 from imface.metrics import compare_meshes
 from imface.model import Codes

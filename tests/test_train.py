@@ -13,7 +13,7 @@ import torch
 
 from imface.config import ModelConfig, TrainConfig
 from imface.io import load_checkpoint
-from imface.train import MODEL_FILE, STATE_FILE, Dist, Trainer
+from imface.train.trainer import MODEL_FILE, STATE_FILE, Dist, Trainer
 
 
 def sphere_samples(rng, centre, radius, surface=512, space=256):
@@ -36,7 +36,7 @@ def sphere_samples(rng, centre, radius, surface=512, space=256):
 
 def write_sphere_cache(root, identities=2, expressions=3):
     """A real prepared cache whose people are spheres and whose expressions shift them."""
-    from imface.data.corpus import write_index
+    from imface.samples.cache import write_index
 
     rng = np.random.default_rng(0)
     records = []
@@ -66,7 +66,7 @@ def sphere_cache(tmp_path_factory):
 
 
 def sphere_training_set(cache):
-    from imface.train import TrainingSet
+    from imface.train.trainer import TrainingSet
 
     return TrainingSet.open(cache, test_identities=0, seed=0)
 

@@ -16,9 +16,9 @@ from imface.extract.morph import MorphEngine
 from imface.extract.stream import face_sdf, template_sdf
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 from imface.model.imface import Codes
+from imface.units import MM_PER_UNIT
 
 MAX_FAILED_FRACTION = 0.005  # more unconverged vertices than this: the topology does not fit
-MM_PER_UNIT = 100.0  # meshes are written in mm; the model frame is in 100 mm units
 
 
 def save_mesh(mesh: Mesh, path: str | Path) -> None:

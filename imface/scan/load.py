@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from imface.errors import MeshError
+from imface.units import UNITS
 
-UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
 POINT_SUFFIXES = {".xyz", ".npy", ".txt", ".pts"}
 MAX_VERTICES = 1_500_000  # larger meshes are decimated (vertex clustering) on load

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imface.data.scans import MESH_SUFFIXES, POINT_SUFFIXES
 from imface.errors import UserError
+from imface.scan.load import MESH_SUFFIXES, POINT_SUFFIXES
 
 EXPRESSION_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)$")
 NEUTRAL = "1_neutral"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from imface.data.corpus import Corpus
+from imface.samples.cache import Corpus
 
 
 class SDFDataset(Dataset):

@@ -182,7 +182,7 @@ class FitResult:
     codes: Codes
     vertices: np.ndarray  # fitted mesh in the scan's own frame and units
     faces: np.ndarray
-    alignment: object  # imface.data.align.Alignment
+    alignment: object  # imface.scan.align.Alignment
     report: dict
 
 
@@ -203,11 +203,11 @@ def fit_scan(
     instead of the automatic one. preview_every > 0 adds a coarse "mesh" (vertices in the scan
     frame, faces) to every n-th progress report, for live display.
     """
-    from imface.data.align import align_scan
-    from imface.data.preprocess import preprocess_mesh
-    from imface.data.scans import load_scan
     from imface.extract import face_mesh
     from imface.metrics import SurfaceSample, compare_samples, sample_in_region
+    from imface.samples.preprocess import preprocess_mesh
+    from imface.scan.align import align_scan
+    from imface.scan.load import load_scan
 
     cfg = config or FitConfig()
     started = time.perf_counter()
@@ -324,7 +324,7 @@ def _write_fit(result: FitResult, checkpoint, mesh_path: Path, report: Path | No
 
 def scans_in(folder: Path) -> list[Path]:
     """Mesh files under `folder` (recursively, sorted); point clouds cannot be fitted."""
-    from imface.data.scans import MESH_SUFFIXES
+    from imface.scan.load import MESH_SUFFIXES
 
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
 

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from imface.data import anny_head
-from imface.data.align import UPPER_Y, nose_apex
-from imface.data.detail import displacement_mm
+from imface.corpus import anny_head
+from imface.corpus.detail import displacement_mm
 from imface.errors import UserError
+from imface.scan.align import UPPER_Y, nose_apex
+from imface.units import MM_PER_UNIT, NOSE_MODEL
 
-NOSE_MODEL = np.array([0.0, 0.0, 0.4])  # the nose tip in the model frame
-MM_PER_UNIT = 100.0
 SCAN_RADIUS = 1.1  # model units kept in the written scan (a frontal scanner's field)
 
 
@@ -53,7 +52,7 @@ def refine_frame(v_mm, faces, r0, nose_mm):
     upper face to the template (point-to-plane ICP started from the correspondence fit r0)."""
     from scipy.spatial import cKDTree
 
-    from imface.data.align import _icp, scan_points, template
+    from imface.scan.align import _icp, scan_points, template
 
     tmpl = template()
     m = to_model_transform(nose_mm, r0)
@@ -119,7 +118,7 @@ class Generator:
         phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
         key = identity.detail_seed
         if key not in self._frames:
-            from imface.data.align import similarity
+            from imface.scan.align import similarity
 
             v = anny_head.anny_vertices(self.model, identity, {}) * 1000.0
             _, r, _ = similarity(v[self.frame_mask], self.base[self.frame_mask], scale=1.0)

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from imface.data.scans import UNITS, guess_unit
 from imface.errors import MeshError
+from imface.scan.load import UNITS, guess_unit
 
 TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
 NOSE = np.array([0.0, 0.0, 0.4])
@@ -119,7 +119,7 @@ class Template:
         if not Path(path).exists():
             raise MeshError(
                 f"{path}: the alignment template is missing (run "
-                "python -m imface.data.align --build-template)"
+                "python -m imface.scan.align --build-template)"
             )
         data = np.load(path)
         self.points = data["points"].astype(np.float64)
@@ -161,7 +161,7 @@ def scan_points(vertices, faces, n=20_000, rng=None):
     rng = np.random.default_rng(0) if rng is None else rng
     v = np.asarray(vertices, dtype=np.float64)
     if faces is not None and len(faces):
-        from imface.data.preprocess import _sample_triangles
+        from imface.samples.preprocess import _sample_triangles
 
         return _sample_triangles(v, np.asarray(faces), n, rng)[0]
     if len(v) > n:
@@ -424,9 +424,9 @@ def align_landmarks68(scan_lm68, metres_per_unit: float) -> Alignment:
 
 def build_template(out: Path = TEMPLATE_FILE, n: int = 6000) -> None:
     """The average neutral Anny face, visible part inside the unit sphere, as points+normals."""
-    from imface.data import anny_head
-    from imface.data.preprocess import _sample_triangles, visible_surface
-    from imface.data.synth import Generator
+    from imface.corpus import anny_head
+    from imface.corpus.synth import Generator
+    from imface.samples.preprocess import _sample_triangles, visible_surface
 
     gen = Generator(subdivisions=2)
     mean = anny_head.Identity({k: 0.5 for k in gen.model.phenotype_labels}, {}, 0, 0.0)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from imface.config import BLEND_LANDMARK_IBUG68
-from imface.data.corpus import INDEX, write_index
-from imface.data.facescape import ScanSource, find_scans
+from imface.corpus.facescape import ScanSource, find_scans
 from imface.errors import MeshError
+from imface.samples.cache import INDEX, write_index
 
 
 def add_arguments(parser) -> None:
@@ -153,9 +153,9 @@ def _prepare_job(job):
 
 def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=None) -> dict:
     """Load, align, preprocess one scan; write its folder atomically; return transform info."""
-    from imface.data import align
-    from imface.data.preprocess import preprocess_mesh
-    from imface.data.scans import load_scan
+    from imface.samples.preprocess import preprocess_mesh
+    from imface.scan import align
+    from imface.scan.load import load_scan
 
     scan = load_scan(src.path, unit or src.unit)
     if scan.faces is None:

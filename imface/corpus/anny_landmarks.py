@@ -1,6 +1,6 @@
 """Derive the 68 iBUG-style landmark vertices on the Anny head topology (run once, shipped).
 
-    python -m imface.data.anny_landmarks [--render out.png]
+    python -m imface.corpus.anny_landmarks [--render out.png]
 
 Rules on the average head (model axes, metres) seen from the front: eye corners and the mouth
 line are the extreme points of sharp-crease edges (lid margins, lip line); inner-lip vertices are
@@ -165,7 +165,7 @@ def _mirror(v, L):
 
 def average_heads():
     """The average neutral head and the same head with the jaw open (model axes, metres)."""
-    from imface.data.anny_head import Identity, anny_faces, anny_vertices, build_model
+    from imface.corpus.anny_head import Identity, anny_faces, anny_vertices, build_model
 
     model = build_model()
     ident = Identity({k: 0.5 for k in model.phenotype_labels}, {})
@@ -204,7 +204,7 @@ def render(v, faces, idx, path, view="front"):
 
 
 def main(argv=None) -> int:
-    from imface.data.anny_head import LANDMARKS_FILE
+    from imface.corpus.anny_head import LANDMARKS_FILE
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--render", help="write a front-view PNG with the landmarks")

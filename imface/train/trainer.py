@@ -27,7 +27,7 @@ import torch.distributed as dist
 from imface.config import ModelConfig, TrainConfig
 from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
-from imface.losses import AutoDecoder, cosine_ramp
+from imface.train.losses import AutoDecoder, cosine_ramp
 
 STATE_FILE = "state.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -38,7 +38,7 @@ MODEL_FILE = "model.safetensors"
 class TrainingSet:
     """The training scans of a prepared corpus and their code bookkeeping."""
 
-    corpus: object  # imface.data.corpus.Corpus
+    corpus: object  # imface.samples.cache.Corpus
     keys: list[str]
     identity_names: list[str]
     identity_of_scan: np.ndarray  # (scans,) index into identity_names
@@ -48,7 +48,7 @@ class TrainingSet:
 
     @classmethod
     def open(cls, cache: str | Path, test_identities: float, seed: int) -> TrainingSet:
-        from imface.data.corpus import Corpus
+        from imface.samples.cache import Corpus
 
         corpus = Corpus.open(cache)
         keys, _ = corpus.split(test_identities, seed)
@@ -432,7 +432,7 @@ def run(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # torchrun -m imface.train also works
+if __name__ == "__main__":  # torchrun -m imface.train.trainer also works
     from imface.cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))
