@@ -15,7 +15,7 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from imface.corpus.synth import write_corpus
+from imface.corpus.synth import Recipe, write_corpus
 from imface.scan.align import align_scan
 
 UNIT = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
@@ -34,10 +34,8 @@ def main():
         write_corpus(
             Path(tmp),
             args.identities,
-            seed=args.seed + 100,
-            extra=0,
+            Recipe(seed=args.seed + 100, extra=0, only=tuple(names)),
             progress=False,
-            expressions=names,
         )
         for ply in sorted(Path(tmp).glob("*/*.ply")):
             meta = json.loads(ply.with_suffix(".json").read_text())

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from imface.corpus.facescape import find_scans
-from imface.corpus.synth import write_corpus
+from imface.corpus.synth import Recipe, write_corpus
 from imface.samples.prepare import prepare_scan
 
 
@@ -25,7 +25,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "synth"
         names = ["1_neutral", "2_smile", "3_mouth_stretch", "16_grin", "19_brow_raiser"]
-        write_corpus(src, 1, seed=0, extra=0, progress=False, expressions=names[: args.scans])
+        write_corpus(src, 1, Recipe(seed=0, extra=0, only=tuple(names[: args.scans])), progress=False)
         _, scans = find_scans(src)
         times = []
         for s in scans[: args.scans]:

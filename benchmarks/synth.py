@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from imface.corpus.anny_head import load_expressions
-from imface.corpus.synth import _generator, write_corpus
+from imface.corpus.synth import Recipe, _generator, write_corpus
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     names = list(load_expressions())[: args.scans]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        keys = write_corpus(Path(tmp), 1, seed=0, extra=0, progress=False, expressions=names)
+        keys = write_corpus(Path(tmp), 1, Recipe(seed=0, extra=0, only=tuple(names)), progress=False)
         dt = time.perf_counter() - t0
     print(
         json.dumps(

@@ -122,7 +122,11 @@ class LossWeights:
     landmark_neutral: float = 1000.0  # eta'
     landmark_consistency: float = 100.0
     embedding: float = 1e6
-    correction: float = 100.0
+    correction: float = 300.0  # keeps the SDF correction small: shape belongs to the warps
+    # correspondence supervision (registered points): ExpNet -> the person's neutral point,
+    # the whole chain -> the template point
+    correspondence_expression: float = 1000.0
+    correspondence_template: float = 1000.0
     neutral_suppression: float = 100.0
     detail_sdf: float = 3000.0
     detail_normal: float = 100.0
@@ -141,6 +145,7 @@ class TrainConfig:
     epochs: int = 200
     scans_per_batch: int = 8
     points_per_scan: int = 4096  # half on the surface, half in the sphere
+    correspondence_points: int = 512  # registered points per scan (0: off; only scans with one)
     lr: float = 1e-4
     code_lr: float = 1e-3
     lr_decay: float = 0.95

@@ -14,10 +14,12 @@ EXPRESSIONS = ("1_neutral", "2_smile", "3_mouth_stretch")
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory):
     """2 identities x 3 expressions + 1 random (Anny's first build caches under ~/.cache/anny)."""
-    from imface.corpus.synth import write_corpus
+    from imface.corpus.synth import Recipe, write_corpus
 
     out = tmp_path_factory.mktemp("synth")
-    write_corpus(out, identities=2, seed=3, extra=1, progress=False, expressions=EXPRESSIONS)
+    write_corpus(
+        out, 2, Recipe(seed=3, extra=1, only=tuple(EXPRESSIONS), population="moderate"), progress=False
+    )
     return out
 
 

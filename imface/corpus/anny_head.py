@@ -81,9 +81,11 @@ class Identity:
     local_changes: dict[str, float]
     detail_seed: int = 0  # seeds the procedural skin detail of this person
     age_wrinkles: float = 0.5  # depth factor of expression folds (older skin folds deeper)
+    population: str = "moderate"  # which sampler drew this person
 
     def to_dict(self) -> dict:
         return {
+            "population": self.population,
             "phenotype": self.phenotype,
             "local_changes": self.local_changes,
             "detail_seed": self.detail_seed,
@@ -91,20 +93,36 @@ class Identity:
         }
 
 
-def sample_identity(model, rng: np.random.Generator, sigma: float = 0.2) -> Identity:
-    """Moderate identities: Gaussian around the average, clipped, so no caricatures. Left and
-    right changes share their value up to a small asymmetry, as in real faces."""
-    pheno = {label: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85)) for label in model.phenotype_labels}
-    pheno["age"] = float(rng.uniform(0.45, 0.9))  # adults (0.5 ~ 25 years in Anny)
+POPULATIONS = ("moderate", "wide", "mixed")
+
+
+def sample_identity(model, rng: np.random.Generator, population: str = "moderate") -> Identity:
+    """One adult. "moderate": Gaussian around the average, clipped, so no caricatures (the first
+    corpus). "wide": Anny's whole adult range: phenotypes (sex, age, muscle, weight, height,
+    proportions) uniform over most of their range, larger local changes, more asymmetry.
+    "mixed": each person is moderate or wide with equal odds. Left and right changes share
+    their value up to an asymmetry, as in real faces."""
+    if population == "mixed":
+        population = "wide" if rng.random() < 0.5 else "moderate"
+    if population == "moderate":
+        pheno = {k: float(np.clip(0.5 + rng.normal(0, 0.15), 0.15, 0.85)) for k in model.phenotype_labels}
+        pheno["age"] = float(rng.uniform(0.45, 0.9))  # adults (0.5 ~ 25 years in Anny)
+        sigma, limit, asymmetry = 0.2, 0.5, 0.04
+    elif population == "wide":
+        pheno = {k: float(rng.uniform(0.03, 0.97)) for k in model.phenotype_labels}
+        pheno["age"] = float(rng.uniform(0.45, 1.0))
+        sigma, limit, asymmetry = 0.35, 0.9, 0.12
+    else:
+        raise ValueError(f"population must be one of {', '.join(POPULATIONS)}, not {population!r}")
     changes: dict[str, float] = {}
     for label in face_change_labels(model):
         if label.startswith("r-") and "l-" + label[2:] in changes:
-            value = changes["l-" + label[2:]] + rng.normal(0, 0.04)
+            value = changes["l-" + label[2:]] + rng.normal(0, asymmetry)
         else:
             value = rng.normal(0, sigma)
-        changes[label] = float(np.clip(value, -0.5, 0.5))
+        changes[label] = float(np.clip(value, -limit, limit))
     age_wrinkles = float(np.clip(0.3 + (pheno["age"] - 0.45) * 1.5 + rng.normal(0, 0.1), 0.2, 1.2))
-    return Identity(pheno, changes, int(rng.integers(2**31)), age_wrinkles)
+    return Identity(pheno, changes, int(rng.integers(2**31)), age_wrinkles, population)
 
 
 def anny_vertices(model, identity: Identity, actions: dict[str, float]):

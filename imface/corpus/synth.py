@@ -19,7 +19,9 @@ corpus is deterministic for a seed whatever the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +37,12 @@ from imface.scan.align import UPPER_Y, nose_apex
 from imface.units import MM_PER_UNIT, NOSE_MODEL
 
 SCAN_RADIUS = 1.1  # model units kept in the written scan (a frontal scanner's field)
+# Anny's head without eyes has 25 mm deep sockets where the eyes belong; real scans show
+# eyeballs (or closed lids). An eyeball of 12 mm radius sits behind the midpoint of the eye
+# corners so its front is 1.5 mm ahead of it, about where a cornea shows between the lids.
+EYEBALL_RADIUS_MM = 12.0
+EYEBALL_BEHIND_MM = 10.5
+EYE_CORNERS = ((36, 39), (42, 45))  # iBUG-68 corners of each eye
 
 
 @dataclass
@@ -76,7 +84,7 @@ def to_model_transform(nose_mm: np.ndarray, rotation=None) -> np.ndarray:
 class Generator:
     """Anny + subdivision + detail; one per process."""
 
-    def __init__(self, subdivisions: int = 2):
+    def __init__(self, subdivisions: int = 2, eyeballs: bool = True):
         import trimesh
 
         self.model = anny_head.build_model()
@@ -85,6 +93,7 @@ class Generator:
         self.expressions = anny_head.load_expressions()
         self.pool = json.loads(anny_head.EXPRESSIONS_FILE.read_text())["random_pool"]
         self.subdivisions = subdivisions
+        self.eyeball = trimesh.creation.icosphere(3, EYEBALL_RADIUS_MM) if eyeballs else None
         mean = anny_head.Identity({k: 0.5 for k in self.model.phenotype_labels}, {})
         base = anny_head.anny_vertices(self.model, mean, {}) * 1000.0
         base -= base[self.landmarks.nose_tip]
@@ -141,6 +150,8 @@ class Generator:
         apex = nose_apex(dense @ rough[:3, :3].T + rough[:3, 3])
         nose = lms[30] if apex is None else np.linalg.solve(rough[:3, :3], apex - rough[:3, 3])
         to_model = to_model_transform(nose, rot)
+        if self.eyeball is not None:
+            dense, faces = self._add_eyeballs(dense, faces, lms, rot)
         keep_v = np.linalg.norm(dense @ to_model[:3, :3].T + to_model[:3, 3], axis=1) < SCAN_RADIUS
         keep_f = keep_v[faces].all(1)
         used = np.unique(faces[keep_f])
@@ -148,10 +159,22 @@ class Generator:
         remap[used] = np.arange(len(used))
         return SynthScan(dense[used], remap[faces[keep_f]], registered, lms, to_model, nose)
 
+    def _add_eyeballs(self, vertices, faces, lms, rotation):
+        """Append one sphere per eye (vertices after the registered rows, so the first 4,200
+        rows stay the Anny topology)."""
+        forward = rotation.T @ np.array([0.0, 0.0, 1.0])  # the face's +z in the scan frame
+        parts_v, parts_f, offset = [vertices], [faces], len(vertices)
+        for a, b in EYE_CORNERS:
+            centre = (lms[a] + lms[b]) / 2 - EYEBALL_BEHIND_MM * forward
+            parts_v.append(self.eyeball.vertices + centre)
+            parts_f.append(self.eyeball.faces + offset)
+            offset += len(self.eyeball.vertices)
+        return np.concatenate(parts_v), np.concatenate(parts_f)
+
 
 @lru_cache(maxsize=1)
-def _generator(subdivisions: int) -> Generator:
-    return Generator(subdivisions)
+def _generator(subdivisions: int, eyeballs: bool = True) -> Generator:
+    return Generator(subdivisions, eyeballs)
 
 
 def identity_name(i: int) -> str:
@@ -174,20 +197,32 @@ def scan_plan(gen: Generator, rng: np.random.Generator, extra: int, only=None):
     return plan
 
 
-def make_identity(args) -> list[str]:
+@dataclass(frozen=True)
+class Recipe:
+    """What every person of a corpus shares (recorded in corpus.json)."""
+
+    seed: int = 0
+    extra: int = 2  # random expressions per person besides the 20 FaceScape ones
+    subdivisions: int = 2
+    only: tuple[str, ...] | None = None  # subset of the 20 expressions
+    population: str = "mixed"  # anny_head.POPULATIONS
+    eyeballs: bool = True
+
+
+def make_identity(job: tuple[int, str, Recipe]) -> list[str]:
     """Write every scan of identity `index`; returns the written keys (skips finished ones)."""
-    index, out, seed, extra, subdivisions, only = args
+    index, out, recipe = job
     import trimesh
 
-    gen = _generator(subdivisions)
-    rng = np.random.default_rng([seed, index])
-    ident = anny_head.sample_identity(gen.model, rng)
+    gen = _generator(recipe.subdivisions, recipe.eyeballs)
+    rng = np.random.default_rng([recipe.seed, index])
+    ident = anny_head.sample_identity(gen.model, rng, recipe.population)
     name = identity_name(index)
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "identity.json").write_text(json.dumps(ident.to_dict(), indent=1))
+    _write_text(folder / "identity.json", json.dumps(ident.to_dict(), indent=1))
     keys = []
-    for expr, actions in scan_plan(gen, rng, extra, only):
+    for expr, actions in scan_plan(gen, rng, recipe.extra, recipe.only):
         meta_path = folder / f"{expr}.json"
         keys.append(f"{name}/{expr}")
         if meta_path.exists():  # written last: the scan is complete
@@ -207,34 +242,36 @@ def make_identity(args) -> list[str]:
             "landmark_vertex_indices": gen.landmarks.indices.tolist(),
             "to_model": s.to_model.tolist(),
         }
-        tmp = meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)
+        _write_text(meta_path, json.dumps(meta))
     return keys
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_corpus(
     out: Path,
     identities: int,
-    seed: int = 0,
-    extra: int = 2,
+    recipe: Recipe = Recipe(),
     workers: int = 1,
-    subdivisions: int = 2,
     progress: bool = True,
-    expressions=None,
 ) -> list[str]:
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    gen = _generator(subdivisions)  # builds Anny once here (and fills its asset cache)
+    gen = _generator(recipe.subdivisions, recipe.eyeballs)  # builds Anny once (fills its asset cache)
     np.save(out / "anny_faces.npy", gen.faces.astype(np.int32))
-    if expressions is not None:
-        unknown = sorted(set(expressions) - set(gen.expressions))
+    if recipe.only is not None:
+        unknown = sorted(set(recipe.only) - set(gen.expressions))
         if unknown:
             raise UserError(f"unknown expressions {', '.join(unknown)} (see {anny_head.EXPRESSIONS_FILE})")
-    only = None if expressions is None else tuple(expressions)
-    jobs = [(i, str(out), seed, extra, subdivisions, only) for i in range(identities)]
+    if recipe.population not in anny_head.POPULATIONS:
+        raise UserError(f"--population must be one of {', '.join(anny_head.POPULATIONS)}")
+    jobs = [(i, str(out), recipe) for i in range(identities)]
     keys: list[str] = []
     bar = tqdm(total=identities, unit="identity", disable=not progress, desc="synth")
     if workers <= 1:
@@ -242,27 +279,25 @@ def write_corpus(
             keys += make_identity(job)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # Fresh interpreters, not fork: a child forked after torch and Anny started their thread
+        # pools can wait forever on a lock held by a thread that does not exist in the child.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
             for k in pool.map(make_identity, jobs):
                 keys += k
                 bar.update()
     bar.close()
-    (out / "corpus.json").write_text(
-        json.dumps(
-            {
-                "kind": "imface-synthetic-anny",
-                "seed": seed,
-                "identities": identities,
-                "extra_expressions": extra,
-                "subdivisions": subdivisions,
-                "expressions": list(gen.expressions),
-                "scans": len(keys),
-                "synthetic": "everything: Anny head shapes and blendshapes; procedural "
-                "wrinkles, folds and skin relief (imface/data/detail.py)",
-            },
-            indent=1,
-        )
-    )
+    info = {
+        "kind": "imface-synthetic-anny",
+        "identities": identities,
+        **{k: v for k, v in dataclasses.asdict(recipe).items() if k != "only"},
+        "extra_expressions": recipe.extra,
+        "expressions": list(recipe.only or gen.expressions),
+        "scans": len(keys),
+        "synthetic": "everything: Anny head shapes and blendshapes; eyeballs are spheres; procedural "
+        "wrinkles, folds and skin relief (imface/corpus/detail.py)",
+    }
+    _write_text(out / "corpus.json", json.dumps(info, indent=1))
     return keys
 
 
@@ -285,7 +320,19 @@ def add_arguments(parser) -> None:
         "--subdivisions",
         type=int,
         default=2,
-        help="Loop subdivisions of the Anny mesh before adding detail",
+        help="Loop subdivisions of the Anny mesh before adding detail (default: 2)",
+    )
+    parser.add_argument(
+        "--population",
+        choices=anny_head.POPULATIONS,
+        default="mixed",
+        help="moderate: near the average face (the first corpus); wide: Anny's whole adult range; "
+        "mixed: each person one or the other (default: mixed)",
+    )
+    parser.add_argument(
+        "--no-eyeballs",
+        action="store_true",
+        help="leave Anny's empty eye sockets instead of eyeballs",
     )
 
 
@@ -293,14 +340,14 @@ def run(args) -> int:
     if args.identities < 1:
         raise UserError("--identities must be at least 1")
     only = args.expressions.split(",") if args.expressions else None
-    keys = write_corpus(
-        Path(args.out),
-        args.identities,
-        args.seed,
-        args.extra,
-        max(1, args.workers),
-        args.subdivisions,
-        expressions=only,
+    recipe = Recipe(
+        seed=args.seed,
+        extra=args.extra,
+        subdivisions=args.subdivisions,
+        only=None if only is None else tuple(only),
+        population=args.population,
+        eyeballs=not args.no_eyeballs,
     )
+    keys = write_corpus(Path(args.out), args.identities, recipe, max(1, args.workers))
     print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
     return 0

@@ -90,6 +90,8 @@ def batch_losses(
         )
     terms.update(_landmark_terms(model, codes, batch, w))
     terms["embedding"] = w.embedding * _embedding(codes)
+    if "corr_points" in batch and bool(batch["corr_has"].any()):
+        terms.update(correspondence_terms(model, codes, batch, w))
     if use_detail:
         fine_grad = spatial_gradient(out.sdf, points, create_graph=True)
         detail_terms: dict[str, Tensor] = {}
@@ -141,6 +143,30 @@ def _landmark_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[
     template_error = (out.template.view(b, n, 3) - model.template_landmarks).abs().mean()
     terms["landmark_consistency"] = w.landmark_consistency * (canonical_error + template_error)
     return terms
+
+
+def correspondence_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[str, Tensor]:
+    """L1 between where the warps send registered points and where their registrations say
+    they belong: E(p) -> the person's neutral point, I(E(p)) -> the template point. Only the
+    warps are evaluated (no SDF, no spatial gradient)."""
+    has = batch["corr_has"]
+    points = batch["corr_points"][has]
+    b, k = points.shape[:2]
+    sub = Codes(
+        codes.z_id[has],
+        codes.z_exp[has],
+        codes.neutral[has],
+        None if codes.z_detail is None else codes.z_detail[has],
+    )
+    prep = model.prepare(sub)
+    index = torch.arange(b, device=points.device).repeat_interleave(k)
+    out = model.query(points.reshape(-1, 3), prep, index, detail=False)
+    canonical_error = (out.canonical.view(b, k, 3) - batch["corr_canonical"][has]).abs().mean()
+    template_error = (out.template.view(b, k, 3) - batch["corr_template"][has]).abs().mean()
+    return {
+        "correspondence_expression": w.correspondence_expression * canonical_error,
+        "correspondence_template": w.correspondence_template * template_error,
+    }
 
 
 def _embedding(codes: Codes) -> Tensor:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from imface.config import ModelConfig, TrainConfig
 from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
+from imface.train.correspondence import Registrations
 from imface.train.losses import AutoDecoder, cosine_ramp
 
 STATE_FILE = "state.safetensors"
@@ -45,6 +46,7 @@ class TrainingSet:
     exp_index: np.ndarray  # (scans,) row of the expression code table, -1 for neutral scans
     expression_labels: list[str]  # per expression code
     neutral_landmarks: np.ndarray  # (identities, 5, 3) of each person's neutral scan
+    registrations: Registrations | None = None  # correspondence supervision, where scans have it
 
     @classmethod
     def open(cls, cache: str | Path, test_identities: float, seed: int) -> TrainingSet:
@@ -65,7 +67,21 @@ class TrainingSet:
                 exp_index[i] = len(labels)
                 labels.append(records[key]["expression"])
         neutral = cls._neutral_landmarks(corpus, keys, records, identity_of_scan, len(identity_names))
-        return cls(corpus, keys, identity_names, identity_of_scan, exp_index, labels, neutral)
+        registrations = cls._registrations(corpus, keys, records, identity_of_scan)
+        return cls(corpus, keys, identity_names, identity_of_scan, exp_index, labels, neutral, registrations)
+
+    @staticmethod
+    def _registrations(corpus, keys, records, identity_of_scan) -> Registrations | None:
+        """Each training scan's registered mesh and its person's neutral one (model frame)."""
+        of_scan = []
+        for key in keys:
+            reg = corpus.load(key).get("registered_vertices")
+            of_scan.append(None if reg is None else np.asarray(reg, dtype=np.float32))
+        neutral_of_person = {
+            identity_of_scan[i]: of_scan[i] for i, key in enumerate(keys) if records[key]["neutral"]
+        }
+        neutral_of_scan = [neutral_of_person.get(identity_of_scan[i]) for i in range(len(keys))]
+        return Registrations.from_scans(corpus.registered_faces, of_scan, neutral_of_scan)
 
     @staticmethod
     def _neutral_landmarks(corpus, keys, records, identity_of_scan, identities) -> np.ndarray:
@@ -82,8 +98,16 @@ class TrainingSet:
                 counts[ident] += 1
         return (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
 
-    def batch(self, scans: np.ndarray, points_per_scan: int, generator: torch.Generator, device):
-        """Load a batch: half surface points (with normals), half space points (with SDF)."""
+    def batch(
+        self,
+        scans: np.ndarray,
+        points_per_scan: int,
+        generator: torch.Generator,
+        device,
+        correspondences: int = 0,
+    ):
+        """Load a batch: half surface points (with normals), half space points (with SDF), and
+        `correspondences` registered points per scan where the scans carry registrations."""
         n_surface = points_per_scan // 2
         n_space = points_per_scan - n_surface
         fields: dict[str, list] = {k: [] for k in ("surface_points", "surface_normals", "space_points")}
@@ -102,6 +126,9 @@ class TrainingSet:
         batch["scan"] = torch.from_numpy(scans).long().to(device)
         batch["identity"] = torch.from_numpy(identity).long().to(device)
         batch["neutral_landmarks5"] = torch.from_numpy(self.neutral_landmarks[identity]).to(device)
+        if self.registrations is not None and correspondences > 0:
+            samples = self.registrations.sample(scans, correspondences, generator)
+            batch.update({k: v.to(device) for k, v in samples.items()})
         return batch
 
     def template_landmarks(self) -> torch.Tensor:
@@ -260,7 +287,8 @@ class Trainer:
     def train_step(self, batch_in_epoch: int) -> dict[str, float]:
         cfg, env = self.cfg, self.env
         gen = _batch_generator(cfg.seed, self.epoch, batch_in_epoch, env.rank)
-        batch = self.data.batch(self._scans_of_batch(batch_in_epoch), cfg.points_per_scan, gen, env.device)
+        scans = self._scans_of_batch(batch_in_epoch)
+        batch = self.data.batch(scans, cfg.points_per_scan, gen, env.device, cfg.correspondence_points)
         epoch_float = self.epoch + batch_in_epoch / self.batches_per_epoch
         ramp = (
             cosine_ramp(epoch_float, cfg.detail_start_epoch, cfg.detail_ramp_epochs)
