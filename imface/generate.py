@@ -18,6 +18,7 @@ import torch
 
 from imface.errors import UserError
 from imface.model import Codes, ImFace
+from imface.paths import confined, safe_name
 from imface.units import MM_PER_UNIT
 
 
@@ -139,8 +140,9 @@ def export_rig(
     out.mkdir(parents=True, exist_ok=True)
     base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
     save_mesh(out / f"1_neutral.{fmt}", base * MM_PER_UNIT, faces)
+    names = rig_file_names(targets)  # labels come from the checkpoint: never trust them as paths
     for label, vertices in targets.items():
-        save_mesh(out / f"{label}.{fmt}", vertices * MM_PER_UNIT, faces)
+        save_mesh(confined(out, f"{names[label]}.{fmt}"), vertices * MM_PER_UNIT, faces)
     metres = MM_PER_UNIT / 1000.0
     write_glb_with_morph_targets(
         out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}
@@ -154,6 +156,21 @@ def export_rig(
     }
     (out / "rig.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def rig_file_names(labels) -> dict[str, str]:
+    """A safe file stem per expression label, unique and distinct from the neutral face and the
+    rig files ("2_smile" stays "2_smile"; "../x" becomes "_x")."""
+    used = {"1_neutral", "rig"}
+    names = {}
+    for label in labels:
+        stem = base = safe_name(label, fallback="expression")
+        n = 2
+        while stem in used:
+            stem, n = f"{base}-{n}", n + 1
+        used.add(stem)
+        names[label] = stem
+    return names
 
 
 # -- CLI ----------------------------------------------------------------------------------------
