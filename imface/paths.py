@@ -2,6 +2,7 @@
 
 - ``safe_name`` turns any text (a checkpoint label, an identity from a JSON file) into one harmless
   file-name component: no separators, no ``..``, no hidden names, no control characters.
+- ``missing_reason`` says why a path cannot be opened (a symlink loop is not "no such file").
 - ``confined(root, relative)`` joins and resolves a path and refuses it unless it stays inside
   ``root`` (absolute paths, ``..`` and symlinks pointing out are all refused).
 - ``atomic_write_*`` / ``atomic_output``: a temporary file in the same folder, then a rename, so a
@@ -31,12 +32,6 @@ def safe_name(text: object, fallback: str = "unnamed") -> str:
     """One file-name component made of letters, digits and ``._+-``; never empty, never hidden."""
     name = _UNSAFE.sub("_", str(text)).lstrip(".")[:MAX_NAME]
     return name if name.strip("._-") else fallback
-
-
-def safe_relative(text: str) -> str:
-    """A relative path built from data ("001/2_smile"): every component made safe, '/'-joined."""
-    parts = [p for p in re.split(r"[\\/]+", str(text)) if p not in ("", ".")]
-    return "/".join(safe_name(p) for p in parts) or "unnamed"
 
 
 def missing_reason(path: str | Path) -> str:
@@ -126,17 +121,25 @@ def check_output_file(path: str | Path, formats: tuple[str, ...] | None = None) 
         )
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")
-    check_output_folder(path.parent)
+    try:
+        _probe(path.parent)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     return path
 
 
 def check_output_folder(folder: str | Path) -> Path:
-    """Create `folder` if needed and prove it accepts new files (a probe file, removed at once)."""
+    """Create `folder` if needed and prove it accepts new files."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".imface-probe-"):
-            pass
+        _probe(folder)
     except OSError as exc:
         raise UserError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
     return folder
+
+
+def _probe(folder: Path) -> None:
+    # a real file created and removed at once: permissions, read-only mounts and /proc all show
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".imface-probe-"):
+        pass

@@ -114,7 +114,7 @@ def _synthetic(src: Path, problems: list | None) -> list[ScanSource]:
         except UserError as exc:
             if problems is None:
                 raise
-            problems.append((str(meta_path), str(exc)))
+            problems.append((f"{meta_path.parent.name}/{stem}", str(exc)))
             continue
         identity = safe_name(meta["identity"])
         out.append(
