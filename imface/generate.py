@@ -18,7 +18,7 @@ import torch
 
 from imface.errors import UserError
 from imface.model import Codes, ImFace
-from imface.paths import confined, safe_name
+from imface.paths import atomic_write_text, confined, safe_name
 from imface.units import MM_PER_UNIT
 
 
@@ -154,7 +154,7 @@ def export_rig(
         "expressions": list(targets),
         "unconverged_vertices": failures,
     }
-    (out / "rig.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "rig.json", json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -205,7 +205,7 @@ def run_generate(args) -> int:
         save_mesh(out / f"face_{i:03d}.{args.format}", mesh.vertices * MM_PER_UNIT, mesh.faces)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
-        (out / f"face_{i:03d}.json").write_text(json.dumps(record))
+        atomic_write_text(out / f"face_{i:03d}.json", json.dumps(record))
     print(json.dumps({"faces": args.n, "out": str(out), "units": "mm"}))
     return 0
 
