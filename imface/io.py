@@ -236,8 +236,11 @@ def _parse_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
 
 def _check_shapes(path: Path, config: ModelConfig, header: dict) -> None:
     """Compare the stored tensors with the config's model built on the meta device (no memory)."""
-    with torch.device("meta"):
-        expected = {f"model.{k}": tuple(v.shape) for k, v in ImFace(config).state_dict().items()}
+    try:
+        with torch.device("meta"):
+            expected = {f"model.{k}": tuple(v.shape) for k, v in ImFace(config).state_dict().items()}
+    except Exception as exc:  # a config the network cannot be built from
+        raise CheckpointError(f"{path}: invalid model config ({type(exc).__name__}: {exc})") from None
     stored = {k: v for k, v in header.items() if k.startswith("model.")}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))

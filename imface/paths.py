@@ -55,14 +55,16 @@ def confined(root: str | Path, relative: str | Path) -> Path:
     root_path = Path(root)
     rel = Path(relative)
     if rel.is_absolute():
-        raise UserError(f"{relative}: an absolute path where a path inside {root_path} is expected")
+        raise UserError(f"{relative!s:.80}: an absolute path where a path inside {root_path} is expected")
     try:
         base = root_path.resolve()
         target = (base / rel).resolve()
     except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop
         raise UserError(f"{root_path / rel}: cannot resolve the path ({exc})") from None
+    if target == base:
+        raise UserError(f"{relative!s:.80}: names {root_path} itself, not a path inside it; refused")
     if base not in target.parents:
-        raise UserError(f"{relative}: leads outside {root_path}; refused")
+        raise UserError(f"{relative!s:.80}: leads outside {root_path}; refused")
     return target
 
 
