@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,6 +88,15 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive")
         if self.detail and self.detail_dim < 1:
             raise ValueError("detail_dim must be positive when the detail field is on")
+        # far above any useful network, low enough that building one cannot exhaust memory
+        for name, (low, high) in _SIZE_LIMITS.items():
+            values = getattr(self, name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if not low <= value <= high:
+                    raise ValueError(f"{name} = {value} is outside {low}..{high}")
+        for name in ("hyper_hidden", "landmark_hidden"):
+            if len(getattr(self, name)) > _MAX_HIDDEN_LAYERS:
+                raise ValueError(f"{name} has more than {_MAX_HIDDEN_LAYERS} layers")
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -94,20 +104,72 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        _require_object(data, "the model config")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         values = dict(data)
         for key, value in values.items():
-            if isinstance(value, list):  # JSON has no tuples
-                values[key] = tuple(value)
+            values[key] = _typed(key, value, _default_of(known[key]))
         cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_SIZE_LIMITS = {
+    "id_dim": (1, 4096),
+    "exp_dim": (1, 4096),
+    "n_landmarks": (1, 68),
+    "siren_width": (1, 4096),
+    "siren_hidden_layers": (1, 64),
+    "positional_encoding": (0, 32),
+    "hyper_hidden": (1, 4096),
+    "fusion_width": (1, 4096),
+    "landmark_hidden": (1, 4096),
+    "detail_dim": (0, 4096),
+    "detail_width": (1, 4096),
+    "detail_hidden_layers": (1, 64),
+    "detail_frequencies": (0, 32),
+}
+_MAX_HIDDEN_LAYERS = 16
+
+
+def _require_object(data: Any, what: str) -> None:
+    if isinstance(data, str):
+        raise ValueError(f"{what} is a JSON string, not a JSON object (was it encoded twice?)")
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """`value` checked against the type of the field's default (JSON lists become tuples)."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or not all(_is_int(v) for v in value):
+            raise ValueError(f"model config {key!r} must be a list of integers, not {value!r:.60}")
+        return tuple(value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = _is_int(value)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"model config {key!r} must be a {type(default).__name__}, not {value!r:.60}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -164,10 +226,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        _require_object(data, "the training config")
         values = dict(data)
+        _refuse_unknown(cls, values, "training config")
         model = ModelConfig.from_dict(values.pop("model", {}))
-        losses = LossWeights(**values.pop("losses", {}))
-        return cls(model=model, losses=losses, **values)
+        losses = values.pop("losses", {})
+        _require_object(losses, "the loss weights")
+        _refuse_unknown(LossWeights, losses, "loss weight")
+        return cls(model=model, losses=LossWeights(**losses), **values)
+
+
+def _refuse_unknown(cls, values: dict, what: str) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(unknown)}")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from imface.errors import UserError
 from imface.model import Codes, ImFace
+from imface.paths import atomic_write_text, confined, safe_name
 from imface.units import MM_PER_UNIT
 
 
@@ -139,8 +140,9 @@ def export_rig(
     out.mkdir(parents=True, exist_ok=True)
     base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
     save_mesh(out / f"1_neutral.{fmt}", base * MM_PER_UNIT, faces)
+    names = rig_file_names(targets)  # labels come from the checkpoint: never trust them as paths
     for label, vertices in targets.items():
-        save_mesh(out / f"{label}.{fmt}", vertices * MM_PER_UNIT, faces)
+        save_mesh(confined(out, f"{names[label]}.{fmt}"), vertices * MM_PER_UNIT, faces)
     metres = MM_PER_UNIT / 1000.0
     write_glb_with_morph_targets(
         out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}
@@ -152,8 +154,23 @@ def export_rig(
         "expressions": list(targets),
         "unconverged_vertices": failures,
     }
-    (out / "rig.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "rig.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def rig_file_names(labels) -> dict[str, str]:
+    """A safe file stem per expression label, unique and distinct from the neutral face and the
+    rig files ("2_smile" stays "2_smile"; "../x" becomes "_x")."""
+    used = {"1_neutral", "rig"}
+    names = {}
+    for label in labels:
+        stem = base = safe_name(label, fallback="expression")
+        n = 2
+        while stem in used:
+            stem, n = f"{base}-{n}", n + 1
+        used.add(stem)
+        names[label] = stem
+    return names
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -188,7 +205,7 @@ def run_generate(args) -> int:
         save_mesh(out / f"face_{i:03d}.{args.format}", mesh.vertices * MM_PER_UNIT, mesh.faces)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
-        (out / f"face_{i:03d}.json").write_text(json.dumps(record))
+        atomic_write_text(out / f"face_{i:03d}.json", json.dumps(record))
     print(json.dumps({"faces": args.n, "out": str(out), "units": "mm"}))
     return 0
 

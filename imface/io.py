@@ -20,6 +20,7 @@ import torch
 from imface.config import ModelConfig
 from imface.errors import CheckpointError, MeshError
 from imface.model import Codes, ImFace
+from imface.paths import atomic_output, missing_reason
 
 FORMAT_NAME = "imface-checkpoint"
 FORMAT_VERSION = 1
@@ -131,19 +132,32 @@ def save_checkpoint(
 
 
 # -- load --------------------------------------------------------------------------------------
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint safely; any problem raises CheckpointError naming the file."""
+    """Load a checkpoint safely; any problem raises CheckpointError naming the file.
+
+    Everything that can be checked from the header (format, config, every tensor's shape and
+    dtype) is checked before a byte of weights is read or the model is built, so a hostile config
+    cannot make us allocate more than the file holds."""
     path = Path(path)
-    _check_container(path)
-    tensors, metadata = _read_safetensors(path)
+    header = _read_header(path)
+    metadata = _check_format(path, header.get("__metadata__"))
     config = _parse_config(path, metadata)
+    _check_shapes(path, config, header)
+    labels = _parse_labels(path, metadata, header)
+    meta = _parse_meta(path, metadata)
+    tensors = _read_tensors(path)
+    _check_finite(path, tensors)
     model = ImFace(config)
-    _load_weights(path, model, tensors)
-    codes = _parse_codes(path, metadata, tensors, config)
-    try:
-        meta = json.loads(metadata.get("meta", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    codes = TrainedCodes(
+        z_id=tensors["codes.z_id"].float(),
+        z_exp=tensors["codes.z_exp"].float(),
+        z_detail=tensors["codes.z_detail"].float() if "codes.z_detail" in tensors else None,
+        **labels,
+    )
     model.to(device).eval()
     return Checkpoint(model=model, codes=codes, meta=meta, path=path, sha256=file_sha256(path))
 
@@ -156,103 +170,177 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _check_container(path: Path) -> None:
+def _read_header(path: Path) -> dict:
+    """The safetensors header (tensor names, dtypes, shapes; metadata), after refusing pickles."""
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        reason = missing_reason(path)
+        if reason == "no such file":
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: cannot open the checkpoint: {reason}")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-    if head[:2] in _PICKLE_MAGIC or head[:4] == _ZIP_MAGIC:
-        raise CheckpointError(
-            f"{path}: this is a pickle / torch.save file; ImFace checkpoints are safetensors and "
-            "are never unpickled (convert it with a trusted script first)"
-        )
-    if size < 8:
-        raise CheckpointError(f"{path}: truncated ({size} bytes) or not a checkpoint")
-    (header_len,) = struct.unpack("<Q", head)
-    if header_len > _MAX_HEADER or 8 + header_len > size:
-        raise CheckpointError(f"{path}: truncated or not a safetensors checkpoint (bad header)")
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
+        if head[:2] in _PICKLE_MAGIC or head[:4] == _ZIP_MAGIC:
+            raise CheckpointError(
+                f"{path}: this is a pickle / torch.save file; ImFace checkpoints are safetensors and "
+                "are never unpickled (convert it with a trusted script first)"
+            )
+        if size < 8:
+            raise CheckpointError(f"{path}: truncated ({size} bytes) or not a checkpoint")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > _MAX_HEADER or 8 + header_len > size:
+            raise CheckpointError(f"{path}: truncated or not a safetensors checkpoint (bad header)")
+        raw = f.read(header_len)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # the library raises its own error types for every corruption
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
-    if metadata.get("format") != FORMAT_NAME:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt checkpoint (the header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint (the header is not a JSON object)")
+    for name, entry in header.items():
+        if name != "__metadata__" and not _valid_entry(entry):
+            raise CheckpointError(f"{path}: corrupt checkpoint (bad header entry for {name[:80]!r})")
+    return header
+
+
+def _valid_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+    )
+
+
+def _check_format(path: Path, metadata) -> dict[str, str]:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: a safetensors file, but not an ImFace checkpoint")
     version = metadata.get("format_version", "?")
     if version != str(FORMAT_VERSION):
         raise CheckpointError(
             f"{path}: checkpoint format version {version}; this program reads {FORMAT_VERSION}"
         )
-    return tensors, metadata
+    return metadata
 
 
 def _parse_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+    if "config" not in metadata:
+        raise CheckpointError(f"{path}: invalid model config (the checkpoint stores none)")
     try:
         return ModelConfig.from_dict(json.loads(metadata["config"]))
-    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model config ({exc})") from None
 
 
-def _load_weights(path: Path, model: ImFace, tensors: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    stored = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+def _check_shapes(path: Path, config: ModelConfig, header: dict) -> None:
+    """Compare the stored tensors with the config's model built on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            expected = {f"model.{k}": tuple(v.shape) for k, v in ImFace(config).state_dict().items()}
+    except Exception as exc:  # a config the network cannot be built from
+        raise CheckpointError(f"{path}: invalid model config ({type(exc).__name__}: {exc})") from None
+    stored = {k: v for k, v in header.items() if k.startswith("model.")}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     wrong = [
-        f"{k} {tuple(stored[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in stored and stored[k].shape != v.shape
+        f"{k[6:]} {tuple(stored[k]['shape'])} != {shape}"
+        for k, shape in expected.items()
+        if k in stored and tuple(stored[k]["shape"]) != shape
     ]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0][6:]})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0][6:]})")
     if wrong:
         problems.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
     if problems:
         raise CheckpointError(f"{path}: config does not match the stored weights: " + "; ".join(problems))
-    model.load_state_dict(stored)
+    code_dims = {
+        "codes.z_id": config.id_dim,
+        "codes.z_exp": config.exp_dim,
+        "codes.z_detail": config.detail_dim,
+    }
+    for name, dim in code_dims.items():
+        if name not in header:
+            if name != "codes.z_detail":
+                raise CheckpointError(f"{path}: codes missing or unreadable (no {name})")
+            continue
+        shape = header[name]["shape"]
+        if len(shape) != 2 or shape[1] != dim:
+            raise CheckpointError(f"{path}: {name[6:]} codes {tuple(shape)} do not match the config ({dim})")
+    if header["codes.z_id"]["shape"][0] < 1:
+        raise CheckpointError(f"{path}: the checkpoint holds no identity codes")
+    for name, entry in header.items():
+        if name.startswith(("model.", "codes.")) and entry["dtype"] not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {entry['dtype']}, expected floats")
 
 
-def _parse_codes(path, metadata, tensors, config: ModelConfig) -> TrainedCodes:
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(("model.", "codes."))}
+    except Exception as exc:  # the library raises its own error types for every corruption
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        what = "codes" if all(n.startswith("codes.") for n in bad) else "weights"
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]}); "
+            f"the {what} are unusable (a diverged training run?)"
+        )
+
+
+def _parse_labels(path: Path, metadata: dict[str, str], header: dict) -> dict[str, list]:
+    """The codes' labels, type-checked and counted against the code tables in the header."""
     try:
         labels = json.loads(metadata.get("codes", "{}"))
-        z_id, z_exp = tensors["codes.z_id"], tensors["codes.z_exp"]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: codes missing or unreadable ({exc})") from None
-    if z_id.dim() != 2 or z_id.shape[1] != config.id_dim:
-        raise CheckpointError(f"{path}: identity codes {tuple(z_id.shape)} do not match id_dim")
-    if z_exp.dim() != 2 or z_exp.shape[1] != config.exp_dim:
-        raise CheckpointError(f"{path}: expression codes {tuple(z_exp.shape)} do not match exp_dim")
-    codes = TrainedCodes(
-        z_id=z_id,
-        z_exp=z_exp,
-        identity_labels=list(labels.get("identity_labels", [])),
-        expression_labels=list(labels.get("expression_labels", [])),
-        expression_keys=list(labels.get("expression_keys", [])),
-        expression_identity=list(labels.get("expression_identity", [])),
-        z_detail=tensors.get("codes.z_detail"),
-        detail_keys=list(labels.get("detail_keys", [])),
-    )
-    if len(codes.identity_labels) not in (0, z_id.shape[0]):
-        raise CheckpointError(
-            f"{path}: {len(codes.identity_labels)} identity labels for {z_id.shape[0]} codes"
-        )
-    if len(codes.expression_labels) not in (0, z_exp.shape[0]):
-        raise CheckpointError(
-            f"{path}: {len(codes.expression_labels)} expression labels for {z_exp.shape[0]} codes"
-        )
-    return codes
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: codes labels unreadable ({exc})") from None
+    if not isinstance(labels, dict):
+        raise CheckpointError(f"{path}: codes labels must be a JSON object")
+    identities = header["codes.z_id"]["shape"][0]
+    expressions = header["codes.z_exp"]["shape"][0]
+    details = header["codes.z_detail"]["shape"][0] if "codes.z_detail" in header else 0
+    counts = {
+        "identity_labels": (str, identities),
+        "expression_labels": (str, expressions),
+        "expression_keys": (str, expressions),
+        "expression_identity": (int, expressions),
+        "detail_keys": (str, details),
+    }
+    out = {}
+    for name, (kind, count) in counts.items():
+        value = labels.get(name, [])
+        if not isinstance(value, list) or not all(_is(v, kind) for v in value):
+            raise CheckpointError(f"{path}: codes label {name!r} must be a list of {kind.__name__}s")
+        if len(value) not in (0, count):
+            raise CheckpointError(f"{path}: {len(value)} {name.replace('_', ' ')} for {count} codes")
+        out[name] = value
+    if any(not 0 <= i < identities for i in out["expression_identity"]):
+        raise CheckpointError(f"{path}: expression_identity refers to identities that do not exist")
+    return out
+
+
+def _is(value, kind) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _parse_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object")
+    return meta
 
 
 # -- meshes --------------------------------------------------------------------------------
@@ -278,8 +366,8 @@ def save_mesh(
         if colors.dtype != np.uint8:
             colors = np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
         mesh.visual.vertex_colors = colors
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mesh.export(str(path))
+    with atomic_output(path) as tmp:
+        mesh.export(str(tmp), file_type=path.suffix[1:].lower())
     return path
 
 

@@ -213,8 +213,11 @@ def fit_scan(
     started = time.perf_counter()
     if not hasattr(scan, "vertices"):
         scan = load_scan(scan)
+    if scan.faces is None:
+        where = scan.path or "the scan"
+        raise UserError(f"{where}: fitting a bare point cloud needs a mesh; reconstruct a surface first")
     if alignment is None:
-        alignment = align_scan(scan.vertices, scan.faces)
+        alignment = align_scan(scan.vertices, scan.faces, path=str(scan.path))
     model_vertices = alignment.to_model(scan.vertices)
     samples = _scan_samples(model_vertices, scan.faces, preprocess_mesh)
     stats = checkpoint.stats
@@ -294,8 +297,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imface.io import load_checkpoint
+    from imface.io import MESH_FORMATS, load_checkpoint
+    from imface.paths import check_output_file, check_output_folder
 
+    if Path(args.scan).is_dir():  # refuse an unwritable or wrong output before the long fit
+        check_output_folder(args.out)
+    else:
+        check_output_file(args.out, MESH_FORMATS)
+        for extra in (args.report, args.codes):
+            if extra:
+                check_output_file(extra)
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = FitConfig(iterations=args.iterations, restarts=args.restarts)
     if Path(args.scan).is_dir():
@@ -309,13 +320,14 @@ def run(args) -> int:
 
 
 def _write_fit(result: FitResult, checkpoint, mesh_path: Path, report: Path | None, codes: Path | None):
-    from imface.io import save_mesh
+    from imface.io import save_mesh  # atomic
+    from imface.paths import atomic_write_text
 
     save_mesh(mesh_path, result.vertices, result.faces)
     if codes:
         data = {"z_id": result.codes.z_id[0].tolist(), "z_exp": result.codes.z_exp[0].tolist()}
         data["checkpoint_sha256"] = checkpoint.sha256
-        codes.write_text(json.dumps(data))
+        atomic_write_text(codes, json.dumps(data))
     if report:  # written last: its presence marks a finished scan (fit_folder resumes on it)
         tmp = report.with_suffix(".tmp")
         tmp.write_text(json.dumps(result.report, indent=2))

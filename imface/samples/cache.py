@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from imface.errors import UserError
+from imface.paths import atomic_write_text, confined
 
 INDEX = "index.json"
 ARRAYS = (
@@ -54,9 +55,18 @@ class Corpus:
             )
         try:
             data = json.loads(index.read_text())
-        except json.JSONDecodeError as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{index}: unreadable ({exc})") from None
-        return cls(root, data["scans"])
+        scans = data.get("scans") if isinstance(data, dict) else None
+        if not isinstance(scans, list):
+            raise UserError(f"{index}: not a cache index (no list of scans)")
+        for record in scans:
+            check_record(index, record)
+            confined(root, record["dir"])  # index.json may come from anywhere: read only inside root
+        keys = [r["key"] for r in scans]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"{index}: the same scan key appears twice")
+        return cls(root, scans)
 
     @property
     def keys(self) -> list[str]:
@@ -95,7 +105,7 @@ class Corpus:
         return train, [s["key"] for s in self.scans if s["identity"] not in trained]
 
     def scan_dir(self, key: str) -> Path:
-        return self.root / self.record(key)["dir"]
+        return confined(self.root, self.record(key)["dir"])
 
     def load(self, key: str, mmap: bool = True) -> dict:
         """The arrays of one scan (memory-mapped) plus its transform."""
@@ -105,7 +115,10 @@ class Corpus:
             out[f.stem] = np.load(f, mmap_mode="r" if mmap else None)
         t = folder / "transform.json"
         if t.exists():
-            out["transform"] = json.loads(t.read_text())
+            try:
+                out["transform"] = json.loads(t.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UserError(f"{t}: unreadable ({exc}); delete the folder and prepare again") from None
         return out
 
     @property
@@ -125,9 +138,20 @@ def _expression_order(name: str):
     return (0, int(head), name) if head.isdigit() else (1, 0, name)
 
 
+_RECORD_TYPES = {"key": str, "identity": str, "expression": str, "neutral": bool, "dir": str}
+
+
+def check_record(index: Path, record) -> None:
+    """One line naming the index and the scan when a record lacks a field or has the wrong type."""
+    if not isinstance(record, dict):
+        raise UserError(f"{index}: a scan record is not a JSON object")
+    for name, kind in _RECORD_TYPES.items():
+        if not isinstance(record.get(name), kind):
+            what = record.get("key", "?")
+            raise UserError(f"{index}: scan {what!r:.80}: {name!r} missing or not a {kind.__name__}")
+
+
 def write_index(root: Path, records: list[dict]) -> None:
     root = Path(root)
     records = sorted(records, key=lambda r: (r["identity"], _expression_order(r["expression"])))
-    tmp = root / (INDEX + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "scans": records}, indent=0))
-    tmp.replace(root / INDEX)
+    atomic_write_text(root / INDEX, json.dumps({"version": 1, "scans": records}, indent=0))

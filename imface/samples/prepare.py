@@ -4,6 +4,10 @@ SRC is a synthetic corpus (``imface synth``), a FaceScape TU folder (``--landmar
 landmark_indices.npz`` for landmark alignment; automatic alignment otherwise), or any folder of
 scans (automatic alignment). Scans run in parallel (``--workers``) with a progress bar; finished
 scans are skipped on a re-run; each scan's folder appears atomically when complete.
+
+Every folder it writes or deletes lies inside --out: scan keys are safe names (``corpus.facescape``)
+and every path is checked again with ``imface.paths.confined``. A run in which any scan fails
+lists every failure and exits 1.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 
 from imface.config import BLEND_LANDMARK_IBUG68
 from imface.corpus.facescape import ScanSource, find_scans
-from imface.errors import MeshError
-from imface.samples.cache import INDEX, write_index
+from imface.errors import MeshError, UserError
+from imface.paths import atomic_output, confined
+from imface.samples.cache import INDEX, check_record, write_index
 
 
 def add_arguments(parser) -> None:
@@ -43,19 +48,21 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    kind, sources = find_scans(args.src, args.landmarks)
+    problems: list[tuple[str, str]] = []
+    kind, sources = find_scans(args.src, args.landmarks, problems)
     if args.limit:
         sources = sources[: args.limit]
     records, failed = prepare(
         sources, Path(args.out), args.surface, args.space, args.workers, args.seed, args.unit, kind
     )
+    failed = problems + failed
     print(
         f"{len(records)} scans ready in {args.out} ({kind} source)"
-        + (f"; {len(failed)} failed" if failed else "")
+        + (f"; {len(failed)} failed:" if failed else "")
     )
-    for key, msg in failed[:20]:
+    for key, msg in failed:
         print(f"  {key}: {msg}", file=sys.stderr)
-    return 0 if records else 1
+    return 0 if records and not failed else 1
 
 
 def prepare(
@@ -73,8 +80,7 @@ def prepare(
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("**/.tmp-*"):  # leftovers of an interrupted run
-        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_leftovers(out)
     if kind == "synthetic":
         _copy_registered_faces(sources, out)
     records = _existing_records(out, sources)
@@ -110,22 +116,63 @@ def prepare(
     return list(records.values()), failed
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Delete the .tmp-* folders of an interrupted run: real folders inside `out` only (a
+    symlink named .tmp-* loses the link, never what it points to)."""
+    for folder, dirs, _ in os.walk(out, followlinks=False):
+        for name in [d for d in dirs if d.startswith(".tmp-")]:
+            path = Path(folder) / name
+            dirs.remove(name)
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _existing_records(out: Path, sources) -> dict:
     records = {}
-    if (out / INDEX).exists():
-        for r in json.loads((out / INDEX).read_text())["scans"]:
-            if (out / r["dir"] / "transform.json").exists():
-                records[r["key"]] = r
+    for r in _indexed_records(out):
+        if _finished(out, r["dir"]):
+            records[r["key"]] = r
     for s in sources:  # folders finished after the last index write
-        if s.key not in records and (out / s.key / "transform.json").exists():
-            records[s.key] = _record(s, json.loads((out / s.key / "transform.json").read_text()))
+        if s.key not in records and _finished(out, s.key):
+            transform = json.loads((confined(out, s.key) / "transform.json").read_text())
+            records[s.key] = _record(s, transform)
     return records
+
+
+def _indexed_records(out: Path) -> list[dict]:
+    """The records of an existing index; an unreadable index is rebuilt from the scan folders."""
+    index = out / INDEX
+    if not index.exists():
+        return []
+    try:
+        records = json.loads(index.read_text())["scans"]
+        for r in records:
+            check_record(index, r)
+        return records
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, UserError) as exc:
+        print(f"note: {index} is unreadable ({str(exc)[:120]}); rebuilding it", file=sys.stderr)
+        return []
+
+
+def _finished(out: Path, relative: str) -> bool:
+    """A complete scan folder inside `out` (a readable transform.json is written last)."""
+    try:
+        transform = confined(out, relative) / "transform.json"
+    except UserError:  # an index entry that leads outside the cache is ignored
+        return False
+    try:
+        return isinstance(json.loads(transform.read_text()), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def _copy_registered_faces(sources, out: Path):
     faces = sources[0].path.parent.parent / "anny_faces.npy" if sources else None
     if faces is not None and faces.exists():
-        np.save(out / "registered_faces.npy", np.load(faces).astype(np.int32))
+        with atomic_output(out / "registered_faces.npy") as tmp:
+            np.save(tmp, np.load(faces).astype(np.int32))
 
 
 def _record(src: ScanSource, transform: dict) -> dict:
@@ -204,7 +251,7 @@ def prepare_scan(src: ScanSource, out: Path, n_surface, n_space, seed=0, unit=No
         "scan_unit": scan.unit,
         "source": str(src.path),
     }
-    _write_atomic(out / src.key, arrays, info)
+    _write_atomic(confined(out, src.key), arrays, info)
     return info
 
 
@@ -229,6 +276,8 @@ def _project(points, vertices):
 
 
 def _write_atomic(folder: Path, arrays: dict, info: dict) -> None:
+    """Write into .tmp-<name>-<pid> beside `folder` (a path already confined to the cache),
+    then swap it in."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

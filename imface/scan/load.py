@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imface.errors import MeshError
+from imface.paths import missing_reason
 from imface.units import UNITS
 
 MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
@@ -62,7 +63,7 @@ def load_scan(path, unit: str | None = None, max_vertices: int = MAX_VERTICES) -
     path = Path(path)
     unit = parse_unit(unit)
     if not path.exists():
-        raise MeshError(f"{path}: no such file")
+        raise MeshError(f"{path}: {missing_reason(path)}")  # "no such file", "a symlink loop", ...
     if path.is_dir():
         raise MeshError(f"{path}: is a folder, not a scan file")
     if path.stat().st_size == 0:

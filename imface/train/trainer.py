@@ -3,11 +3,13 @@
 Several processes (GPUs or CPU) with torchrun: ``torchrun --nproc_per_node K -m imface train ...``
 uses DistributedDataParallel (NCCL on CUDA, gloo on CPU).
 
-RUN/ holds: config.json, log.jsonl (one JSON line per logged step), state.safetensors (everything
-needed to resume exactly: weights, codes, optimizer moments, step; written atomically) and
+RUN/ is laid out by ``imface.train.rundir``: config.json, split.json (the held-out split, reused on
+--resume), log.jsonl (one JSON line per logged step), state.safetensors (everything needed to
+resume exactly: weights, codes, optimizer moments, step; written atomically) and
 model.safetensors (the inference checkpoint, `imface.io` format). Batches are drawn from a
 generator seeded by (seed, epoch, batch, rank), so a resumed run sees exactly the batches the
-uninterrupted run would have seen.
+uninterrupted run would have seen; the log is cut back to the resumed step, so no step is logged
+twice.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
 from imface.train.correspondence import Registrations
 from imface.train.losses import AutoDecoder, cosine_ramp
+from imface.train.rundir import MODEL_FILE, STATE_FILE, RunDir
 
-STATE_FILE = "state.safetensors"
-MODEL_FILE = "model.safetensors"
+__all__ = ["MODEL_FILE", "STATE_FILE", "Dist", "Trainer", "TrainingSet"]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -49,14 +51,27 @@ class TrainingSet:
     registrations: Registrations | None = None  # correspondence supervision, where scans have it
 
     @classmethod
-    def open(cls, cache: str | Path, test_identities: float, seed: int) -> TrainingSet:
+    def open(
+        cls, cache: str | Path, test_identities: float, seed: int, train_keys: list[str] | None = None
+    ) -> TrainingSet:
+        """The training scans: `train_keys` exactly (a resumed run's stored split), or the split
+        of `test_identities` held-out people."""
         from imface.samples.cache import Corpus
 
         corpus = Corpus.open(cache)
-        keys, _ = corpus.split(test_identities, seed)
+        records = {r["key"]: r for r in corpus.scans}
+        if train_keys is None:
+            keys, _ = corpus.split(test_identities, seed)
+        else:
+            gone = [k for k in train_keys if k not in records]
+            if gone:
+                raise UserError(
+                    f"{cache}: {len(gone)} training scans of this run are no longer in the cache "
+                    f"(e.g. {gone[0]}); resume with the cache it was trained on"
+                )
+            keys = list(train_keys)
         if not keys:
             raise UserError(f"{cache}: no training scans after holding out test identities")
-        records = {r["key"]: r for r in corpus.scans}
         identity_names = sorted({records[k]["identity"] for k in keys})
         id_lookup = {name: i for i, name in enumerate(identity_names)}
         identity_of_scan = np.array([id_lookup[records[k]["identity"]] for k in keys])
@@ -130,6 +145,10 @@ class TrainingSet:
             samples = self.registrations.sample(scans, correspondences, generator)
             batch.update({k: v.to(device) for k, v in samples.items()})
         return batch
+
+    @property
+    def held_out_identities(self) -> list[str]:
+        return sorted(set(self.corpus.identities) - set(self.identity_names))
 
     def template_landmarks(self) -> torch.Tensor:
         """The fixed template landmarks l'': the mean neutral landmarks of the training people."""
@@ -205,14 +224,22 @@ def load_state(path: Path, decoder: AutoDecoder, optimizer) -> tuple[int, int]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise UserError(f"{path}: cannot resume, training state is unreadable ({exc})") from None
-    decoder.load_state_dict({k[len("decoder.") :]: v for k, v in tensors.items() if k.startswith("decoder.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["step"]), int(meta["epoch"])
+    try:
+        decoder.load_state_dict(
+            {k[len("decoder.") :]: v for k, v in tensors.items() if k.startswith("decoder.")}
+        )
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        return int(meta["step"]), int(meta["epoch"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: cannot resume, the training state does not match this run ({first})"
+        ) from None
 
 
 def trained_codes(decoder: AutoDecoder, data: TrainingSet) -> TrainedCodes:
@@ -240,7 +267,8 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, data: TrainingSet, run_dir: Path, env: Dist, log_every: int = 10, meta=None
     ):
-        self.cfg, self.data, self.run_dir, self.env = cfg, data, run_dir, env
+        self.cfg, self.data, self.run_dir, self.env = cfg, data, Path(run_dir), env
+        self.files = RunDir(run_dir)
         self.log_every = log_every
         self.meta = dict(meta or {})  # stored in every checkpoint (e.g. the held-out split)
         torch.manual_seed(cfg.seed)
@@ -266,10 +294,12 @@ class Trainer:
         self.batches_per_epoch = max(1, math.ceil(len(data.keys) / (cfg.scans_per_batch * env.world)))
 
     def resume(self) -> bool:
-        path = self.run_dir / STATE_FILE
-        if not path.exists():
+        """Continue from the saved state; the log loses the steps after it (they are re-done)."""
+        if not self.files.state.exists():
             return False
-        self.step, self.epoch = load_state(path, self.decoder, self.optimizer)
+        self.step, self.epoch = load_state(self.files.state, self.decoder, self.optimizer)
+        if self.env.main:
+            self.files.trim_log(self.step)
         return True
 
     def _set_lr(self) -> None:
@@ -338,9 +368,8 @@ class Trainer:
             record = {"step": self.step, "epoch": self.epoch, "seconds": round(seconds, 4)}
             record["points_per_s"] = round(points / max(seconds, 1e-9))
             record.update({k: round(v, 6) for k, v in terms.items()})
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            _tensorboard(self.run_dir, record)
+            self.files.append_log(record)
+            _tensorboard(self.files.tensorboard, record)
             if progress is not None:
                 progress(record)
         if self.step % self.cfg.checkpoint_every == 0:
@@ -349,24 +378,22 @@ class Trainer:
     def checkpoint(self) -> None:
         if not self.env.main:
             return
-        save_state(self.run_dir / STATE_FILE, self.decoder, self.optimizer, self.step, self.epoch, self.cfg)
+        save_state(self.files.state, self.decoder, self.optimizer, self.step, self.epoch, self.cfg)
         meta = {**self.meta, "step": self.step, "epoch": self.epoch, "seed": self.cfg.seed}
-        save_checkpoint(
-            self.run_dir / MODEL_FILE, self.decoder.model, trained_codes(self.decoder, self.data), meta
-        )
+        save_checkpoint(self.files.model, self.decoder.model, trained_codes(self.decoder, self.data), meta)
 
 
 _WRITERS: dict[str, object] = {}
 
 
-def _tensorboard(run_dir: Path, record: dict) -> None:
+def _tensorboard(folder: Path, record: dict) -> None:
     """TensorBoard scalars when tensorboard is installed (optional dependency)."""
-    key = str(run_dir)
+    key = str(folder)
     if key not in _WRITERS:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            _WRITERS[key] = SummaryWriter(str(run_dir / "tensorboard"))
+            _WRITERS[key] = SummaryWriter(str(folder))
         except ImportError:
             _WRITERS[key] = None
     writer = _WRITERS[key]
@@ -388,6 +415,7 @@ def _progress(enabled: bool, total: int, initial: int):
 
 # -- CLI ---------------------------------------------------------------------------------------
 PRESETS = {"default": ModelConfig, "paper": ModelConfig.paper, "tiny": ModelConfig.tiny}
+DEFAULT_TEST_IDENTITIES = 0.2
 
 
 def add_arguments(parser) -> None:
@@ -402,7 +430,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--points-per-scan", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--checkpoint-every", type=int)
-    parser.add_argument("--test-identities", type=float, default=0.2, help="held out (count or fraction)")
+    parser.add_argument(
+        "--test-identities",
+        type=float,
+        help=f"held out (count or fraction; default {DEFAULT_TEST_IDENTITIES}); --resume keeps the run's",
+    )
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
     parser.add_argument("--device", choices=["cpu", "cuda"])
@@ -430,24 +462,27 @@ def build_config(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    run_dir = Path(args.out)
-    config_file = run_dir / "config.json"
+    files = RunDir(args.out)
     if args.resume:
-        if not config_file.exists():
-            raise UserError(f"{run_dir}: nothing to resume (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads(config_file.read_text()))
+        if not files.config.exists():
+            raise UserError(f"{files.root}: nothing to resume (no {files.config.name})")
+        cfg, split = files.read_config(), files.read_split()
     else:
-        if (run_dir / STATE_FILE).exists():
-            raise UserError(f"{run_dir}: already holds a run; use --resume or another --out")
-        cfg = build_config(args)
+        if files.holds_run():
+            raise UserError(f"{files.root}: already holds a run; use --resume or another --out")
+        cfg, split = build_config(args), None
+    held_out = _held_out(args.test_identities, split)
     env = init_distributed(args.device)
-    data = TrainingSet.open(args.corpus, args.test_identities, cfg.seed)
+    data = TrainingSet.open(args.corpus, held_out, cfg.seed, split["train_keys"] if split else None)
     if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+        files.root.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            files.write_config(cfg)
+        if split is None:
+            files.write_split(held_out, data.keys, data.held_out_identities)
     # the corpus by folder name only: checkpoints get shared, machine paths should not travel with them
-    meta = {"corpus": Path(args.corpus).name, "test_identities": args.test_identities}
-    trainer = Trainer(cfg, data, run_dir, env, log_every=args.log_every, meta=meta)
+    meta = {"corpus": Path(args.corpus).name, "test_identities": held_out}
+    trainer = Trainer(cfg, data, files.root, env, log_every=args.log_every, meta=meta)
     if args.resume:
         trainer.resume()
     try:
@@ -456,8 +491,22 @@ def run(args) -> int:
         if env.world > 1:
             dist.destroy_process_group()
     if env.main:
-        print(json.dumps({"steps": steps, "epoch": trainer.epoch, "checkpoint": str(run_dir / MODEL_FILE)}))
+        print(json.dumps({"steps": steps, "epoch": trainer.epoch, "checkpoint": str(files.model)}))
     return 0
+
+
+def _held_out(requested: float | None, split: dict | None) -> float:
+    """The --test-identities value in force: a resumed run keeps the split stored with it."""
+    if split is None:
+        return DEFAULT_TEST_IDENTITIES if requested is None else requested
+    stored = split.get("requested", DEFAULT_TEST_IDENTITIES)
+    if requested is not None and requested != stored:
+        print(
+            f"note: --test-identities {requested:g} ignored; this run keeps its stored split "
+            f"({len(split['test_identities'])} held-out identities, --test-identities {stored:g})",
+            file=sys.stderr,
+        )
+    return stored
 
 
 if __name__ == "__main__":  # torchrun -m imface.train.trainer also works
