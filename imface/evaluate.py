@@ -90,28 +90,39 @@ class Evaluator:
     # -- pairs -----------------------------------------------------------------------------
     def correspondence(self, key_a: str, key_b: str) -> dict[str, float]:
         """Map A's true vertices to B through template space (ImFace) or through the PCA's vertex
-        indices; error against B's true vertex of the same index (face region only)."""
-        true_a = np.asarray(self.corpus.load(key_a)["registered_vertices"], dtype=np.float32)
-        arrays_b = self.corpus.load(key_b)
+        indices; error against B's true vertex of the same index. Scored on the surface both
+        scans show (registered vertices within 1 mm of both cropped scans: no sides beyond the
+        crop, no cavities), and beside it on every vertex inside the 100 mm sphere."""
+        arrays_a, arrays_b = self.corpus.load(key_a), self.corpus.load(key_b)
+        true_a = np.asarray(arrays_a["registered_vertices"], dtype=np.float32)
         true_b = np.asarray(arrays_b["registered_vertices"], dtype=np.float32)
-        region = (np.linalg.norm(true_a, axis=1) < 1.0) & (np.linalg.norm(true_b, axis=1) < 1.0)
+        sphere = (np.linalg.norm(true_a, axis=1) < 1.0) & (np.linalg.norm(true_b, axis=1) < 1.0)
+        visible = sphere & _on_scan(true_a, arrays_a) & _on_scan(true_b, arrays_b)
         fa, fb = self.fits[key_a], self.fits[key_b]
-        template_a = self._template(fa["codes"], true_a[region])
+        template_a = self._template(fa["codes"], true_a)
         template_b = self._template(fb["codes"], fb["mesh"].vertices)
         from scipy.spatial import cKDTree
 
-        _, nearest = cKDTree(template_b).query(template_a)
-        regions = face_regions(true_b[region], np.asarray(arrays_b["landmarks68"]))
-        imface = correspondence_error_by_region(fb["mesh"].vertices[nearest], true_b[region], regions)
-        _, nearest_pca = cKDTree(fa["pca_vertices"]).query(true_a[region])
-        pca = correspondence_error_by_region(fb["pca_vertices"][nearest_pca], true_b[region], regions)
-        # no model at all: the nearest point of B's fit in the (aligned) model frame
-        _, nearest_raw = cKDTree(fb["mesh"].vertices).query(true_a[region])
-        raw_error = correspondence_error_mm(fb["mesh"].vertices[nearest_raw], true_b[region])
-        by_region = {
-            f"{name}/{r}": e for name, errors in (("imface", imface), ("pca", pca)) for r, e in errors.items()
+        # where each method sends every vertex of A on B's fitted surface
+        imface_b = fb["mesh"].vertices[cKDTree(template_b).query(template_a)[1]]
+        pca_b = fb["pca_vertices"][cKDTree(fa["pca_vertices"]).query(true_a)[1]]
+        raw_b = fb["mesh"].vertices[cKDTree(fb["mesh"].vertices).query(true_a)[1]]  # no model
+        regions = face_regions(true_b[visible], np.asarray(arrays_b["landmarks68"]))
+        imface = correspondence_error_by_region(imface_b[visible], true_b[visible], regions)
+        pca = correspondence_error_by_region(pca_b[visible], true_b[visible], regions)
+        result = {
+            "imface": imface["all"],
+            "pca": pca["all"],
+            "nearest_point": correspondence_error_mm(raw_b[visible], true_b[visible]),
+            "vertices": float(visible.sum()),
+            "imface_sphere": correspondence_error_mm(imface_b[sphere], true_b[sphere]),
+            "pca_sphere": correspondence_error_mm(pca_b[sphere], true_b[sphere]),
+            "nearest_point_sphere": correspondence_error_mm(raw_b[sphere], true_b[sphere]),
+            "vertices_sphere": float(sphere.sum()),
         }
-        return {"imface": imface["all"], "pca": pca["all"], "nearest_point": raw_error, **by_region}
+        for name, errors in (("imface", imface), ("pca", pca)):
+            result.update({f"{name}/{r}": e for r, e in errors.items()})
+        return result
 
     def _template(self, codes: Codes, points: np.ndarray) -> np.ndarray:
         model = self.ckpt.model
@@ -137,6 +148,13 @@ class Evaluator:
         }
 
 
+def _on_scan(vertices: np.ndarray, arrays, tolerance: float = 0.01) -> np.ndarray:
+    """(V,) bool: registered vertices within `tolerance` (model units) of the cropped scan."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(np.asarray(arrays["gt_vertices"])).query(vertices)[0] < tolerance
+
+
 def _mean_table(rows: list[dict]) -> dict[str, float]:
     return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
 
@@ -146,12 +164,16 @@ def evaluate(
 ):
     ev = Evaluator(checkpoint, corpus, test_keys, train_keys, fit_config, resolution, points)
     per_expression: dict[str, dict[str, list]] = defaultdict(lambda: {"imface": [], "pca": []})
+    per_population: dict[str, dict[str, list]] = defaultdict(lambda: {"imface": [], "pca": []})
     started = time.perf_counter()
     for i, key in enumerate(test_keys):
         result = ev.fit_scan(key)
         expression = ev.records[key]["expression"]
         per_expression[expression]["imface"].append(result["imface"])
         per_expression[expression]["pca"].append(result["pca"])
+        population = ev.records[key].get("population", "unrecorded")
+        per_population[population]["imface"].append(result["imface"])
+        per_population[population]["pca"].append(result["pca"])
         log(
             f"[{i + 1}/{len(test_keys)}] {key}: ImFace {result['imface']['chamfer_mm']:.3f} mm, "
             f"PCA {result['pca']['chamfer_mm']:.3f} mm"
@@ -167,6 +189,10 @@ def evaluate(
         "per_expression": {
             e: {model: _mean_table(v[model]) for model in ("imface", "pca")}
             for e, v in sorted(per_expression.items())
+        },
+        "per_population": {
+            p: {model: _mean_table(v[model]) for model in ("imface", "pca")} | {"scans": len(v["imface"])}
+            for p, v in sorted(per_population.items())
         },
     }
     summary["correspondence_mm"] = _pairs_mean(ev, test_keys, ev.correspondence)
@@ -226,13 +252,23 @@ def markdown(summary: dict) -> str:
     for expression, entry in summary["per_expression"].items():
         lines.append(row(expression, entry))
     lines.append(row("**overall**", summary["overall"]))
+    for population, entry in summary.get("per_population", {}).items():
+        if len(summary["per_population"]) > 1:
+            lines.append(row(f"*{population} people* ({entry['scans']} scans)", entry))
     extra = []
     if summary.get("correspondence_mm"):
         c = summary["correspondence_mm"]
         extra.append(
-            f"Correspondence error: ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm "
-            f"(nearest point without a model: {c.get('nearest_point', float('nan')):.2f} mm)."
+            f"Correspondence error on the surface the scans show ({c.get('vertices', 0):.0f} vertices a "
+            f"pair on average): ImFace {c['imface']:.2f} mm, PCA {c['pca']:.2f} mm (nearest point "
+            f"without a model: {c.get('nearest_point', float('nan')):.2f} mm)."
         )
+        if "imface_sphere" in c:
+            extra.append(
+                f"On every vertex inside the 100 mm sphere ({c['vertices_sphere']:.0f} vertices, "
+                f"including sides and cavities no scan shows): ImFace {c['imface_sphere']:.2f} mm, "
+                f"PCA {c['pca_sphere']:.2f} mm, nearest point {c['nearest_point_sphere']:.2f} mm."
+            )
         regions = [r for r in LANDMARK_REGIONS if f"imface/{r}" in c]
         if regions:
             extra += [

@@ -128,3 +128,42 @@ def correspondence_error_by_region(
         if chosen.any():
             result[name] = float(distance[chosen].mean())
     return result
+
+
+@dataclass
+class SurfaceDefects:
+    """Pieces of a face surface inside the model's region besides the main one: floating
+    blobs, flaps cut loose. Areas in mm^2."""
+
+    components: int  # connected pieces with a triangle inside the region
+    main_area_mm2: float
+    stray_area_mm2: float  # area of every other piece inside the region
+
+    @property
+    def clean(self) -> bool:
+        return self.components <= 1
+
+
+def surface_defects(vertices: np.ndarray, faces: np.ndarray, radius: float = 1.0) -> SurfaceDefects:
+    """Connected pieces of a model-frame mesh whose triangles lie inside the sphere of `radius`
+    about the model origin (the 100 mm region), and the area outside the largest one."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    v, f = np.asarray(vertices, dtype=np.float64), np.asarray(faces)
+    tri = v[f]
+    inside = np.linalg.norm(tri.mean(axis=1), axis=1) < radius
+    f, tri = f[inside], tri[inside]
+    if len(f) == 0:
+        return SurfaceDefects(0, 0.0, 0.0)
+    rows = np.concatenate([f[:, 0], f[:, 1]])
+    cols = np.concatenate([f[:, 1], f[:, 2]])
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(v), len(v)))
+    _, label = connected_components(graph, directed=False)
+    face_label = label[f[:, 0]]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    per_piece = np.bincount(face_label, weights=area)
+    pieces = np.flatnonzero(per_piece > 0)
+    main = per_piece.max()
+    scale = MM_PER_UNIT**2
+    return SurfaceDefects(len(pieces), float(main * scale), float((per_piece.sum() - main) * scale))

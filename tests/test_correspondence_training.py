@@ -100,3 +100,28 @@ def test_correspondence_loss_pulls_corresponding_points_together(registered_cach
     # the turned registrations start ~0.3 apart; the SDF alone cannot see the turn
     assert gap_without > 0.2, gap_without
     assert gap_with < 0.5 * gap_without, (gap_with, gap_without)
+
+
+def test_held_out_people_never_reach_training(tmp_path):
+    """Neither their SDF samples, nor their registrations (the correspondence template is the
+    mean of the *training* people's neutral scans), nor a code in the checkpoint."""
+    from imface.io import load_checkpoint
+    from imface.samples.cache import Corpus
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    write_registered_sphere_cache(root, identities=3, expressions=2)
+    data = TrainingSet.open(root, test_identities=1, seed=0)
+    corpus = Corpus.open(root)
+    _, test_keys = corpus.split(1, 0)
+    held_out = {corpus.record(k)["identity"] for k in test_keys}
+    assert len(held_out) == 1 and not held_out & set(data.identity_names)
+    assert not set(test_keys) & set(data.keys)
+    trained = [np.load(root / f"{p}/1_expr/registered_vertices.npy") for p in data.identity_names]
+    np.testing.assert_allclose(data.registrations.template, np.mean(trained, axis=0), atol=1e-6)
+    run = tmp_path / "run"
+    run.mkdir()
+    Trainer(tiny_config(correspondence_points=8), data, run, Dist()).run(max_steps=1)
+    ckpt = load_checkpoint(run / "model.safetensors")
+    assert not held_out & set(ckpt.codes.identity_labels)
+    assert set(corpus.split_for(ckpt.codes.identity_labels)[1]) == set(test_keys)

@@ -43,6 +43,7 @@ class ScanSource:
     registered: Path | None = None  # synthetic: registered Anny-topology vertices (scan frame)
     landmark_indices: np.ndarray | None = None  # FaceScape: vertex indices of the 68 landmarks
     unit: str | None = None
+    population: str | None = None  # synthetic: the sampler that drew the person (identity.json)
 
     def to_dict(self) -> dict:
         return {
@@ -128,9 +129,19 @@ def _synthetic(src: Path, problems: list | None) -> list[ScanSource]:
                 meta["landmarks68"],
                 meta_path.with_name(stem + ".reg.npy"),
                 unit=meta.get("unit"),
+                population=_population(meta_path.with_name("identity.json")),
             )
         )
     return out
+
+
+def _population(identity_file: Path) -> str | None:
+    """The synthetic person's population ("moderate" / "wide"), if its identity.json says."""
+    try:
+        value = json.loads(identity_file.read_text()).get("population")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _scan_metadata(path: Path) -> dict:

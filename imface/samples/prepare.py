@@ -176,7 +176,7 @@ def _copy_registered_faces(sources, out: Path):
 
 
 def _record(src: ScanSource, transform: dict) -> dict:
-    return {
+    record = {
         "key": src.key,
         "identity": src.identity,
         "expression": src.expression,
@@ -185,6 +185,9 @@ def _record(src: ScanSource, transform: dict) -> dict:
         "landmarks": transform.get("landmarks", "given"),
         "source": str(src.path),
     }
+    if src.population:
+        record["population"] = src.population
+    return record
 
 
 def _prepare_job(job):
