@@ -7,6 +7,7 @@ loss terms of a batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from imface.config import LossWeights, ModelConfig
 from imface.model import Codes, ImFace, spatial_gradient
+from imface.model.imface import PreparedCodes
 
 
 class AutoDecoder(nn.Module):
@@ -73,7 +75,10 @@ def batch_losses(
     points = points.detach().requires_grad_(True)
     b = batch["surface_points"].shape[0]
     use_detail = model.detail_field is not None and detail_ramp > 0
-    out = model(points, index, codes, detail=use_detail, neutral_displacement=bool(codes.neutral.any()))
+    # the hyper nets generate every local net's weights from the codes: once per step, shared by
+    # every term below (they were 4 of the step's 10 network passes)
+    prep = model.prepare(codes)
+    out = model.query(points, prep, index, detail=use_detail, neutral_displacement=bool(codes.neutral.any()))
 
     per_scan = lambda t: t.view(b, -1, *t.shape[1:])  # noqa: E731
     terms: dict[str, Tensor] = {}
@@ -81,17 +86,17 @@ def batch_losses(
     grad = spatial_gradient(coarse, points, create_graph=True)
     _surface_terms(terms, per_scan(coarse), per_scan(grad), batch, n_surface, w, prefix="")
     terms["eikonal"] = w.eikonal * (grad.norm(dim=-1) - 1).abs().mean()
-    terms["eikonal_canonical"] = w.eikonal_canonical * _canonical_eikonal(model, out, codes, index, b)
+    terms["eikonal_canonical"] = w.eikonal_canonical * _canonical_eikonal(model, out, prep, index)
     terms["correction"] = w.correction * out.correction.abs().mean()
     if out.neutral_displacement is not None:
         neutral_points = codes.neutral[index]
         terms["neutral_suppression"] = (
             w.neutral_suppression * out.neutral_displacement[neutral_points].norm(dim=-1).mean()
         )
-    terms.update(_landmark_terms(model, codes, batch, w))
+    terms.update(_landmark_terms(model, prep, batch, w))
     terms["embedding"] = w.embedding * _embedding(codes)
     if "corr_points" in batch and bool(batch["corr_has"].any()):
-        terms.update(correspondence_terms(model, codes, batch, w))
+        terms.update(correspondence_terms(model, prep, batch, w))
     if use_detail:
         fine_grad = spatial_gradient(out.sdf, points, create_graph=True)
         detail_terms: dict[str, Tensor] = {}
@@ -115,21 +120,30 @@ def _surface_terms(terms, sdf, grad, batch, n_surface, w: LossWeights, prefix: s
     terms[prefix + "normal"] = normal_weight * (1 - cos).mean()
 
 
-def _canonical_eikonal(model: ImFace, out, codes: Codes, index: Tensor, scans: int) -> Tensor:
+def _canonical_eikonal(model: ImFace, out, prep: PreparedCodes, index: Tensor) -> Tensor:
     """|grad_p' s - 1| in canonical space: the neutral face must be an SDF too. Evaluated on a
     subsample of the (detached) canonical points to keep the cost down."""
     stride = 4
     canonical = out.canonical.detach()[::stride].requires_grad_(True)
     sub_index = index[::stride]
-    prep = model.prepare(Codes(codes.z_id, codes.z_exp, torch.ones_like(codes.neutral), None))
-    s = model.query(canonical, prep, sub_index, detail=False).coarse_sdf
+    s = model.query(canonical, as_neutral(prep), sub_index, detail=False).coarse_sdf
     grad = spatial_gradient(s, canonical, create_graph=True)
     return (grad.norm(dim=-1) - 1).abs().mean()
 
 
-def _landmark_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[str, Tensor]:
+def as_neutral(prep: PreparedCodes) -> PreparedCodes:
+    """The same faces without their expressions (canonical space): ExpNet is skipped."""
+    codes = prep.codes
+    neutral = Codes(codes.z_id, codes.z_exp, torch.ones_like(codes.neutral), None)
+    empty = prep.expressive[:0]
+    return dataclasses.replace(
+        prep, codes=neutral, expressive=empty, exp_layers=[], exp_landmarks=prep.neutral_landmarks
+    )
+
+
+def _landmark_terms(model: ImFace, prep: PreparedCodes, batch, w: LossWeights) -> dict[str, Tensor]:
     """Landmark generation (eta, eta') and consistency: E(l) -> l', I(E(l)) -> template."""
-    prep = model.prepare(codes)
+    codes = prep.codes
     observed, neutral_gt = batch["landmarks5"], batch["neutral_landmarks5"]
     expressive = ~codes.neutral
     terms = {"landmark_neutral": w.landmark_neutral * (prep.neutral_landmarks - neutral_gt).abs().mean()}
@@ -145,24 +159,17 @@ def _landmark_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[
     return terms
 
 
-def correspondence_terms(model: ImFace, codes: Codes, batch, w: LossWeights) -> dict[str, Tensor]:
+def correspondence_terms(model: ImFace, prep: PreparedCodes, batch, w: LossWeights) -> dict[str, Tensor]:
     """L1 between where the warps send registered points and where their registrations say
     they belong: E(p) -> the person's neutral point, I(E(p)) -> the template point. Only the
-    warps are evaluated (no SDF, no spatial gradient)."""
-    has = batch["corr_has"]
-    points = batch["corr_points"][has]
+    warps are evaluated (no SDF, no spatial gradient); scans without a registration count 0."""
+    points = batch["corr_points"]
     b, k = points.shape[:2]
-    sub = Codes(
-        codes.z_id[has],
-        codes.z_exp[has],
-        codes.neutral[has],
-        None if codes.z_detail is None else codes.z_detail[has],
-    )
-    prep = model.prepare(sub)
     index = torch.arange(b, device=points.device).repeat_interleave(k)
     out = model.query(points.reshape(-1, 3), prep, index, detail=False)
-    canonical_error = (out.canonical.view(b, k, 3) - batch["corr_canonical"][has]).abs().mean()
-    template_error = (out.template.view(b, k, 3) - batch["corr_template"][has]).abs().mean()
+    has = batch["corr_has"]
+    canonical_error = (out.canonical.view(b, k, 3)[has] - batch["corr_canonical"][has]).abs().mean()
+    template_error = (out.template.view(b, k, 3)[has] - batch["corr_template"][has]).abs().mean()
     return {
         "correspondence_expression": w.correspondence_expression * canonical_error,
         "correspondence_template": w.correspondence_template * template_error,
