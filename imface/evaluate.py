@@ -299,6 +299,7 @@ def add_arguments(parser) -> None:
         help="re-split (count or fraction); default: people the model never saw",
     )
     parser.add_argument("--identities", type=int, help="evaluate only the first N people of the split")
+    parser.add_argument("--people", help="comma-separated identities of the split to evaluate (default: all)")
     parser.add_argument("--expressions", help="comma-separated expression labels (default: all)")
     parser.add_argument("--iterations", type=int, default=150, help="fitting iterations per scan")
     parser.add_argument("--resolution", type=int, default=128)
@@ -315,9 +316,11 @@ def run(args) -> int:
         train_keys, test_keys = corpus.split(args.test_identities, int(ckpt.meta.get("seed", 0)))
     else:  # the people the checkpoint was not trained on
         train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
-    keys = _subset(
-        corpus, test_keys if args.split == "test" else train_keys, args.identities, args.expressions
-    )
+    keys = test_keys if args.split == "test" else train_keys
+    if args.people:
+        wanted = {p.strip() for p in args.people.split(",")}
+        keys = [k for k in keys if corpus.record(k)["identity"] in wanted]
+    keys = _subset(corpus, keys, args.identities, args.expressions)
     if not keys:
         raise UserError(f"{args.corpus}: no scans in the {args.split} split")
     cfg = FitConfig(iterations=args.iterations, points_per_step=4096)
