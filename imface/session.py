@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from imface.extract.repair import MORPH_RADIUS, crop_to_region, edge_bound, repa
 from imface.fit.codes import FitCancelled, fit_scan
 from imface.generate import export_rig, expression_codes, write_face
 from imface.io import DEFAULT_CHECKPOINT, Checkpoint, CodeStats, TrainedCodes, load_checkpoint
-from imface.jobs import Job, Progress
+from imface.jobs import Cancelled, Job, Progress
 from imface.model.imface import Codes, ImFace
 from imface.scan.align import Alignment, align_from_landmarks, align_scan
 from imface.scan.load import Scan, decimate, load_scan
@@ -288,13 +289,23 @@ class Session:
         return face
 
     def mesh_job(
-        self, codes: FaceCodes, quality: str = DEFAULT_QUALITY, cache: BandCache | None = None
+        self,
+        codes: FaceCodes,
+        quality: str = DEFAULT_QUALITY,
+        cache: BandCache | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> Job[Mesh]:
-        """Coarse then fine mesh of these codes; each stage is yielded as a preview."""
+        """Coarse then fine mesh of these codes; each stage is yielded as a preview ("coarse",
+        mesh). `interrupt` is also checked between network chunks, so that a newer request stops
+        a running extraction at once (closing the job works only between stages)."""
         fine, coarse = QUALITY[quality]
-        cancelled = threading.Event()
-        stream = refine(self.model, self.torch_codes(codes), fine, coarse, cancel=cancelled, cache=cache)
-        mesh = None
+        stop = threading.Event()
+
+        def stopped() -> bool:
+            return stop.is_set() or (interrupt is not None and interrupt())
+
+        stream = refine(self.model, self.torch_codes(codes), fine, coarse, cancel=stopped, cache=cache)
+        stage, mesh = "", None
         try:
             yield Progress("Extracting face", 0, 2, f"{fine}^3 grid")
             while True:
@@ -302,15 +313,15 @@ class Session:
                     step = next(stream, None)
                 if step is None:
                     break
-                stage, raw = step
-                mesh = self._face(raw)
-                done = 2 if stage == "fine" else 1
-                yield Progress("Extracting face", done, 2, stage, preview=(stage, mesh))
+                stage, mesh = step[0], self._face(step[1])
+                yield Progress(
+                    "Extracting face", 2 if stage == "fine" else 1, 2, stage, preview=(stage, mesh)
+                )
         finally:
-            cancelled.set()
+            stop.set()
             stream.close()
-        if mesh is None:
-            raise MeshError("the extraction stopped before a mesh was made")
+        if stage != "fine":
+            raise Cancelled("Extracting face")
         return mesh
 
     def extract(self, codes: FaceCodes, resolution: int = 96) -> Mesh:

@@ -24,6 +24,7 @@ PROJECT_STEPS = 3  # Newton steps onto f = 0 for a failed vertex
 SURFACE_TOL = 2e-3  # model units (0.2 mm): |f| a repaired vertex must reach
 EDGE_FACTOR = 4.0  # an edge may grow to this many times the base mesh's longest edge
 MIN_EDGE_BOUND = 0.08  # model units (8 mm): the bound for very fine base meshes
+MAX_EDGE = 0.15  # model units (15 mm): no edge of a shown face is longer (coarse previews: ~7 mm)
 MAX_JUMP = 0.15  # model units (15 mm): farther from the last good position per frame is a spike
 # Shown faces are cropped to the region sphere (REGION_RADIUS); a morph may grow the face a little
 # past it (a larger identity), a vertex beyond this radius is a spike.
@@ -41,7 +42,7 @@ def edge_lengths(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def edge_bound(base_vertices: np.ndarray, faces: np.ndarray) -> float:
     """The longest edge a sound morph of this base mesh may have."""
     longest = float(edge_lengths(base_vertices, faces).max(initial=0.0))
-    return max(EDGE_FACTOR * longest, MIN_EDGE_BOUND)
+    return min(max(EDGE_FACTOR * longest, MIN_EDGE_BOUND), MAX_EDGE)
 
 
 @dataclass
