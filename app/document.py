@@ -156,15 +156,14 @@ class Document(QObject):
         """Blend from neutral (blend 0) to the expression `label` (blend 1)."""
         fm = self.face_model
         c = self.codes.copy()
-        target = fm.expression(label)
+        target = fm.expression_codes.get(label)
         if label.endswith("neutral") or blend <= 0 or target is None:
             if target is None and not label.endswith("neutral") and blend > 0:
                 raise UserError(f"the checkpoint has no codes for expression {label}")
             c.neutral = True
             c.z_exp = fm.exp_space.mean.copy()
         else:
-            base = fm.expression("1_neutral")
-            base = fm.exp_space.mean if base is None else base
+            base = fm.exp_space.mean
             c.neutral = False
             c.z_exp = ((1 - blend) * base + blend * target).astype(np.float32)
         self.set_codes(c, f"Expression {label} ({blend:.0%})")

@@ -112,7 +112,8 @@ class JobRunner(QObject):
     def _done(self, thread: JobThread):
         if thread in self.jobs:
             self.jobs.remove(thread)
-        thread.deleteLater()
+        thread.wait()  # its run() has returned; the object lives on while someone holds it
+        thread.setParent(None)
         self.changed.emit()
 
     @property
