@@ -87,7 +87,7 @@ def run(argv: list[str] | None = None) -> int:
     from PyQt6.QtTest import QTest
     from PyQt6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    qt_app = QApplication.instance() or QApplication(sys.argv[:1])  # noqa: F841 - kept alive
     from app.latency import warm_up
     from app.window import MainWindow
     from app.workers import wait_for
@@ -126,10 +126,9 @@ def run(argv: list[str] | None = None) -> int:
             undone = w.doc.codes.equals(before)
             undo_exact.append(one_step and undone)
             if not (one_step and undone):
-                result.setdefault("undo_problems", []).append(
-                    {"slider": slider.objectName(), "target": target, "steps": w.doc.undo_stack.count() - steps,
-                     "active": QApplication.activeWindow() is w, "undone": undone}
-                )  # fmt: skip
+                steps_made = w.doc.undo_stack.count() - steps
+                problem = {"slider": slider.objectName(), "to": target, "steps": steps_made, "undone": undone}
+                result.setdefault("undo_problems", []).append(problem)
             QTest.keyClick(w, Qt.Key.Key_Y, Qt.KeyboardModifier.ControlModifier)  # redo: keep going
             settle(w)
     result["drags"] = len(undo_exact)
