@@ -66,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     from app.window import MainWindow
 
     install_excepthook()
-    from app.latency import warm_up
-
-    warm_up()  # one-time torch costs here, not under the GIL in the first fit
     fm, warning = initial_model(args)
     window = MainWindow(fm, use_3d=not args.no_3d)
     window.show()

@@ -39,8 +39,8 @@ class TearWatch:
         self.torn: list[str] = []
         self.longest = 0.0
         self.farthest = 0.0
-        window.pipeline.morphed.connect(lambda v, _c, frame: frame.sound and self.look(v))
-        window.pipeline.meshReady.connect(lambda mesh, _c, _s: self.look(mesh.vertices, mesh.faces))
+        window.pipeline.morphed.connect(lambda v, _n, _c, frame: frame.sound and self.look(v))
+        window.pipeline.meshReady.connect(lambda mesh, _n, _c, _s: self.look(mesh.vertices, mesh.faces))
 
     def look(self, vertices, faces=None):
         faces = self.w.doc.mesh.faces if faces is None else faces
@@ -88,12 +88,10 @@ def run(argv: list[str] | None = None) -> int:
     from PyQt6.QtWidgets import QApplication
 
     qt_app = QApplication.instance() or QApplication(sys.argv[:1])  # noqa: F841 - kept alive
-    from app.latency import warm_up
     from app.window import MainWindow
     from app.workers import wait_for
     from imface.session import DEFAULT_CHECKPOINT, Session
 
-    warm_up()
     session = Session.load(args.checkpoint or DEFAULT_CHECKPOINT)
     w = MainWindow(session, settings=QSettings(str(out / "settings.ini"), QSettings.Format.IniFormat))
     w.quiet = True

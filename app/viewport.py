@@ -17,13 +17,13 @@ FACE_COLOR = (0.85, 0.72, 0.62)
 SCAN_COLOR = (0.55, 0.7, 0.9)
 
 
-def to_polydata(mesh: Mesh):
+def to_polydata(mesh: Mesh, normals: np.ndarray | None = None):
     import pyvista as pv
 
     if mesh.faces.size:
         cells = np.hstack([np.full((len(mesh.faces), 1), 3, np.int64), mesh.faces]).ravel()
         poly = pv.PolyData(mesh.vertices.astype(np.float32), cells)
-        poly.point_data["Normals"] = vertex_normals(mesh.vertices, mesh.faces)
+        poly.point_data["Normals"] = vertex_normals(mesh.vertices, mesh.faces) if normals is None else normals
         poly.point_data.active_normals_name = "Normals"
     else:
         poly = pv.PolyData(mesh.vertices.astype(np.float32))
@@ -122,8 +122,9 @@ class Viewport(QObject):
         if not self._camera_set:
             self.reset_camera()
 
-    def update_points(self, name: str, vertices: np.ndarray) -> bool:
-        """Same topology: move the points of the existing actor (no new actor)."""
+    def update_points(self, name: str, vertices: np.ndarray, normals: np.ndarray | None = None) -> bool:
+        """Same topology: move the points of the existing actor (no new actor). Pass normals
+        computed off the GUI thread when you have them."""
         mesh = self.data.get(name)
         if mesh is None or mesh.vertices.shape != vertices.shape:
             return False
@@ -133,7 +134,17 @@ class Viewport(QObject):
         poly = self.meshes[name]
         poly.points = vertices + self.offsets[name]
         if mesh.faces.size:
-            poly.point_data["Normals"] = vertex_normals(vertices, mesh.faces)
+            poly.point_data["Normals"] = vertex_normals(vertices, mesh.faces) if normals is None else normals
+        return True
+
+    def replace_geometry(self, name: str, mesh: Mesh, normals: np.ndarray | None = None) -> bool:
+        """New topology for a plainly coloured mesh: swap the geometry inside the existing actor
+        (several times cheaper than a new actor). False when there is no such actor."""
+        poly = self.meshes.get(name)
+        if name not in self.actors or poly is None or self.plotter is None or len(poly.point_data.keys()) > 1:
+            return False
+        self.data[name] = mesh
+        poly.copy_from(to_polydata(Mesh(mesh.vertices + self.offsets[name], mesh.faces), normals))
         return True
 
     def update_colors(self, name: str, colors: np.ndarray) -> bool:

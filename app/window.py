@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.mesh_stage = ""  # what the face on screen is: coarse, fine, preview, morph, kept
         self._render_pending = False
         self._closed = False
+        self.warmed = False  # one-time imports for fits, done once the first face is on screen
 
         self.doc = Document(session, self)
         self.jobs = JobRunner(self)
@@ -264,7 +265,7 @@ class MainWindow(QMainWindow):
         self._mesh_progress = record
         self._jobs_changed()
 
-    def _on_morphed(self, vertices: np.ndarray, codes, frame: MorphFrame):
+    def _on_morphed(self, vertices: np.ndarray, normals, codes, frame: MorphFrame):
         if not frame.sound:
             self.mesh_stage = "kept"
             self.set_status(
@@ -272,7 +273,7 @@ class MainWindow(QMainWindow):
                 "while a new mesh is extracted"
             )
             return
-        if self.doc.mesh is None or not self.viewport.update_points("face", vertices):
+        if self.doc.mesh is None or not self.viewport.update_points("face", vertices, normals):
             return
         self.doc.mesh = Mesh(vertices, self.doc.mesh.faces)
         self.mesh_stage = "morph"
@@ -280,21 +281,34 @@ class MainWindow(QMainWindow):
         self.set_status(f"Face: {len(vertices)} vertices (live morph{repaired}; fine mesh on release)")
         self.schedule_render()
 
-    def _on_mesh(self, mesh: Mesh, codes, stage: str):
+    def _on_mesh(self, mesh: Mesh, normals, codes, stage: str):
         old = self.doc.mesh
         same = (
             old is not None and old.faces.shape == mesh.faces.shape and np.array_equal(old.faces, mesh.faces)
         )
         self.doc.mesh = mesh
         self.mesh_stage = stage
-        if not (same and self.viewport.update_points("face", mesh.vertices)):
+        vp = self.viewport
+        if not (same and vp.update_points("face", mesh.vertices, normals)):
             self.doc.face_colors = None
-            self.viewport.set_mesh("face", mesh)
-            self.viewport.set_visible("face", self.view_mode == "face")
             if self.doc.color_mode != "shaded":
-                self.corr.recolor_face()
+                self.corr.recolor_face()  # the painted mesh replaces the old one when ready
+            elif not vp.replace_geometry("face", mesh, normals):
+                vp.set_mesh("face", mesh)
+                vp.set_visible("face", self.view_mode == "face")
         self.set_status(f"Face: {len(mesh.vertices)} vertices ({stage})")
         self.schedule_render()
+        if stage == "fine" and not self.warmed:
+            QTimer.singleShot(0, self._warm_up)
+
+    def _warm_up(self):
+        """The first fit's one-time costs (imports, torch's optimiser) on the GUI thread once, when
+        the first face is on screen; in a worker they would hold the GIL for seconds mid-fit."""
+        from app.latency import warm_up
+
+        if not self.warmed:
+            warm_up()
+            self.warmed = True
 
     def schedule_render(self):
         if self._render_pending:

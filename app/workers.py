@@ -18,6 +18,7 @@ from PyQt6.QtCore import QObject, QThread, pyqtSignal
 
 from imface.errors import UserError
 from imface.extract import BandCache, LatestValue
+from imface.extract.repair import vertex_normals
 from imface.jobs import Cancelled, Job, Progress, drive
 from imface.session import DEFAULT_QUALITY, PREVIEW_RESOLUTION, FaceCodes, Morpher, Session
 
@@ -135,8 +136,8 @@ class MeshPipeline(QObject):
     live=False)` re-extracts coarse then fine. Only the newest request is served; a new request
     stops a running extraction."""
 
-    morphed = pyqtSignal(object, object, object)  # vertices, FaceCodes, MorphFrame
-    meshReady = pyqtSignal(object, object, str)  # Mesh, FaceCodes, stage
+    morphed = pyqtSignal(object, object, object, object)  # vertices, normals, FaceCodes, MorphFrame
+    meshReady = pyqtSignal(object, object, object, str)  # Mesh, normals, FaceCodes, stage
     progressed = pyqtSignal(object)  # Progress of the running extraction (None when done)
     failed = pyqtSignal(str)
 
@@ -212,11 +213,12 @@ class MeshPipeline(QObject):
         morpher = self._morpher if self._morpher is not None and self._morpher.session is session else None
         if morpher is not None:
             frame = morpher.morph(codes)
-            self.morphed.emit(frame.vertices, codes, frame)
+            normals = vertex_normals(frame.vertices, morpher.faces) if frame.sound else None
+            self.morphed.emit(frame.vertices, normals, codes, frame)
             if frame.sound or self._box.pending():
                 return
         mesh = session.extract(codes, PREVIEW_RESOLUTION)
-        self.meshReady.emit(mesh, codes, "preview")
+        self.meshReady.emit(mesh, vertex_normals(mesh.vertices, mesh.faces), codes, "preview")
         self._morpher = session.morpher(mesh, codes)
 
     def _interrupted(self) -> bool:
@@ -229,7 +231,7 @@ class MeshPipeline(QObject):
             self.progressed.emit(record)
             if record.preview is not None:
                 stage, mesh = record.preview
-                self.meshReady.emit(mesh, codes, stage)
+                self.meshReady.emit(mesh, vertex_normals(mesh.vertices, mesh.faces), codes, stage)
 
         try:
             mesh = drive(job, show, self._interrupted)

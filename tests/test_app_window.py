@@ -89,7 +89,7 @@ def test_slider_drag_is_one_undo_step_and_never_tears(window, qtbot):
     slider = w.morph_panel.id_sliders.sliders[0]
     before, shown = w.doc.codes.copy(), []
 
-    def look(vertices, _codes, frame):  # runs after the window took the frame
+    def look(vertices, _normals, _codes, frame):  # runs after the window took the frame
         if frame.sound and len(vertices) == len(w.doc.mesh.vertices):
             shown.append(check_mesh(vertices, w.doc.mesh.faces, MAX_EDGE, MORPH_RADIUS).sound)
 
