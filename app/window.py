@@ -162,7 +162,7 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
         h = mb.addMenu("&Help")
-        self._action(h, "&About", self.about)
+        self._action(h, "&About", self.files.about)
 
         tb = QToolBar("Main", self)
         tb.setObjectName("toolbar")
@@ -359,17 +359,6 @@ class MainWindow(QMainWindow):
             return
         event.acceptProposedAction()
         self.files.open_file(paths[0])
-
-    def about(self):
-        fm = self.doc.face_model
-        where = str(fm.path) if fm.path else "none (random initialisation)"
-        QMessageBox.information(
-            self,
-            "ImFace editor",
-            f"Model: {fm.label}\nCheckpoint: {where}\nSHA-256: {fm.sha256}\n"
-            f"Codes: identity {fm.id_dim}, expression {fm.exp_dim}; "
-            f"{len(fm.expression_codes)} FaceScape expressions",
-        )
 
     # -- closing --------------------------------------------------------------------------------------
     def busy(self) -> bool:

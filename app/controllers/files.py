@@ -171,3 +171,14 @@ class FilesController(QObject):
             self.w.show_error("Screenshot", f"cannot save the screenshot ({exc})")
             return
         self.w.set_status(f"Screenshot saved to {path}")
+
+    def about(self):
+        fm = self.w.doc.face_model
+        where = str(fm.path) if fm.path else "none (random initialisation)"
+        QMessageBox.information(
+            self.w,
+            "ImFace editor",
+            f"Model: {fm.label}\nCheckpoint: {where}\nSHA-256: {fm.sha256}\n"
+            f"Codes: identity {fm.id_dim}, expression {fm.exp_dim}; "
+            f"{len(fm.expression_codes)} FaceScape expressions",
+        )
