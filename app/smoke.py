@@ -198,16 +198,16 @@ def shoot_panels(w, out: Path, train_log: str | None = None):
     w.grab().save(str(out / "correspondence.png"))
     w.corr_panel.compare.setChecked(False)
     doc.set_color_mode("coords")
-    w.docks["Training"].raise_()
-    if train_log:
+    if train_log:  # the training panel shows a real run's log, or no picture is made
+        w.docks["Training"].raise_()
         w.train_panel.log.appendPlainText(
             f"$ python -m imface train --corpus cache --out {Path(train_log).parent}"
         )
         for line in Path(train_log).read_text().splitlines():
             w.train_panel._logged(json.loads(line))
         w.train_panel.log.appendPlainText(f"{len(w.train_panel.plot.points())} logged steps")
-    settle(w)
-    w.grab().save(str(out / "training.png"))
+        settle(w)
+        w.grab().save(str(out / "training.png"))
     w.docks["Export"].raise_()
     w.files.export_mesh(str(out / "face.glb"))
     settle(w)
