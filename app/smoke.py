@@ -66,10 +66,12 @@ def drag(window, slider, target: int, steps: int = 15, dwell: float = 0.08):
     slider.setSliderDown(False)
 
 
-def settle(window, timeout: float = 120) -> bool:
+def settle(window, timeout: float = 600) -> bool:
+    """Until no mesh request and no job is left and the face on screen is the fine mesh."""
     from app.workers import wait_for
 
-    return wait_for(lambda: not window.pipeline.pending and not window.jobs.busy, timeout)
+    w = window
+    return wait_for(lambda: not w.pipeline.pending and not w.jobs.busy and w.mesh_stage == "fine", timeout)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -226,7 +226,12 @@ class MainWindow(QMainWindow):
         """Every long job goes through here: progress bar, Cancel, errors as one line."""
         failed = on_failed or (lambda exc: self.show_error(title, describe(exc)))
         cancelled = on_cancelled or (lambda: self.set_status(f"{title}: cancelled"))
-        return self.jobs.start(title, job, on_done, failed, on_progress, cancelled)
+
+        def done(result):
+            self.set_status(f"{title}: done")  # the callback may say more
+            on_done(result)
+
+        return self.jobs.start(title, job, done, failed, on_progress, cancelled)
 
     def _jobs_changed(self):
         running: list[JobThread] = [j for j in self.jobs.jobs if not j.isFinished()]

@@ -19,7 +19,7 @@ OTHER_OFFSET = np.array([2.2, 0.0, 0.0], np.float32)  # face B beside the curren
 
 def template_job(session: Session, codes: FaceCodes, mesh: Mesh, mode: str, image):
     """Template coordinates of a mesh and (unless shaded) its painted colours."""
-    yield Progress("Template coordinates", 0, 1)
+    yield Progress("Template coordinates")
     template = session.template_coordinates(codes, mesh.vertices)
     colors = None if mode == "shaded" else paint_colors(template, mode, image)
     return template, colors
@@ -107,7 +107,7 @@ class CorrespondenceController(QObject):
         def job():
             if template is None:
                 return (yield from template_job(doc.face_model, codes, mesh, mode, doc.texture_image))
-            yield Progress("Painting", 0, 1)
+            yield Progress("Painting")
             return template, paint_colors(template, mode, doc.texture_image)
 
         def done(result):

@@ -18,12 +18,12 @@ EXPORT_FILTER = "OBJ, mm (*.obj);;PLY, mm (*.ply);;STL, mm (*.stl);;GLB, metres 
 
 
 def load_job(path: str):
-    yield Progress("Loading checkpoint", 0, 1, Path(path).name)
+    yield Progress("Loading checkpoint", message=Path(path).name)
     return Session.load(path)
 
 
 def export_job(session: Session, mesh, path: str, colors):
-    yield Progress("Exporting", 0, 1, Path(path).name)
+    yield Progress("Exporting", message=Path(path).name)
     return session.export_mesh(mesh, path, colors)
 
 
