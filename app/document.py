@@ -14,10 +14,12 @@ import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 from PyQt6.QtGui import QUndoCommand, QUndoStack
 
-from app.backend import FaceCodes, FaceModel, FitOutcome, MeshData, ScanData
 from imface.errors import UserError
+from imface.extract import Mesh
+from imface.session import FaceCodes, FitOutcome, LoadedScan, Session
 
 PRESET_FORMAT = "imface-preset/1"
+SLIDER_RANGE = 3.0  # sliders span +- 3 standard deviations; values are clamped to it
 
 
 class SetCommand(QUndoCommand):
@@ -54,23 +56,24 @@ class Document(QObject):
     colorModeChanged = pyqtSignal()
     slotsChanged = pyqtSignal()
 
-    def __init__(self, face_model: FaceModel, parent: QObject | None = None):
+    def __init__(self, face_model: Session, parent: QObject | None = None):
         super().__init__(parent)
         self.undo_stack = QUndoStack(self)
         self.face_model = face_model
         self.codes: FaceCodes = face_model.mean_codes()
-        self.scan: ScanData | None = None
+        self.scan: LoadedScan | None = None
         self.fit: FitOutcome | None = None
         self.color_mode: str = "shaded"  # shaded | coords | checker | uv | image
         self.texture_image: np.ndarray | None = None
         self.slots: dict[str, FaceCodes | None] = {"A": None, "B": None}
-        self.mesh: MeshData | None = None  # the current face mesh (derived from codes; not undone)
+        self.mesh: Mesh | None = None  # the current face mesh (derived from codes; not undone)
+        self.face_colors: np.ndarray | None = None  # painted colours of `mesh` (derived)
         self._drag_serial = 0
         self._drag_key = None
         self.raw_sliders = False
 
     # -- model ---------------------------------------------------------------------------------
-    def set_face_model(self, fm: FaceModel):
+    def set_face_model(self, fm: Session):
         """A new checkpoint: codes from other models cannot be undone into it; clear history."""
         self.face_model = fm
         self.undo_stack.clear()
@@ -78,6 +81,7 @@ class Document(QObject):
         self.fit = None
         self.slots = {"A": None, "B": None}
         self.mesh = None
+        self.face_colors = None
         self.modelChanged.emit()
         self.codesChanged.emit(False)
         self.fitChanged.emit()
@@ -133,6 +137,7 @@ class Document(QObject):
         """Move slider k of 'id' or 'exp' to `value` std units (PCA or raw mode)."""
         fm = self.face_model
         c = self.codes.copy()
+        value = float(np.clip(value, -SLIDER_RANGE, SLIDER_RANGE))
         if space == "id":
             c.z_id = fm.id_space.with_slider(c.z_id, k, value, self.raw_sliders)
         else:
@@ -151,15 +156,14 @@ class Document(QObject):
         """Blend from neutral (blend 0) to the expression `label` (blend 1)."""
         fm = self.face_model
         c = self.codes.copy()
-        target = fm.expression(label)
+        target = fm.expression_codes.get(label)
         if label.endswith("neutral") or blend <= 0 or target is None:
             if target is None and not label.endswith("neutral") and blend > 0:
                 raise UserError(f"the checkpoint has no codes for expression {label}")
             c.neutral = True
             c.z_exp = fm.exp_space.mean.copy()
         else:
-            base = fm.expression("1_neutral")
-            base = fm.exp_space.mean if base is None else base
+            base = fm.exp_space.mean
             c.neutral = False
             c.z_exp = ((1 - blend) * base + blend * target).astype(np.float32)
         self.set_codes(c, f"Expression {label} ({blend:.0%})")
@@ -168,9 +172,9 @@ class Document(QObject):
         fm = self.face_model
         c = self.codes.copy()
         if what in ("both", "id"):
-            c.z_id = fm.id_space.sample(rng)
+            c.z_id = _within_range(fm.id_space, fm.id_space.sample(rng))
         if what in ("both", "exp"):
-            c.z_exp = fm.exp_space.sample(rng)
+            c.z_exp = _within_range(fm.exp_space, fm.exp_space.sample(rng))
             c.neutral = False
         self.set_codes(c, "Random face", merge=False)
 
@@ -200,7 +204,7 @@ class Document(QObject):
             return
         self.undo_stack.push(SetCommand(self, "color_mode", new, old, f"Colour: {mode}"))
 
-    def set_scan(self, scan: ScanData | None):
+    def set_scan(self, scan: LoadedScan | None):
         self.undo_stack.beginMacro("Open scan" if scan else "Close scan")
         self.undo_stack.push(SetCommand(self, "scan", scan, self.scan, "Open scan"))
         if self.fit is not None:
@@ -250,3 +254,9 @@ class Document(QObject):
 
     def load_preset_codes(self, codes: FaceCodes, name: str):
         self.set_codes(codes, f"Load preset {name}", merge=False)
+
+
+def _within_range(space, z: np.ndarray) -> np.ndarray:
+    """A random code whose slider values stay on the sliders (+- SLIDER_RANGE)."""
+    t = np.clip(space.to_sliders(z), -SLIDER_RANGE, SLIDER_RANGE)
+    return (space.mean + (t * space.std) @ space.basis).astype(np.float32)

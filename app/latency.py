@@ -40,35 +40,6 @@ class LatencyProbe(QObject):
         return float(np.percentile(self.gaps, q)) if self.gaps else 0.0
 
 
-def torch_fit_workload(job, seconds: float = 2.0, tiny: bool = True):
-    """What a fit does to the CPU and the GIL: Adam steps on codes through an ImFace (tiny config),
-    reporting progress every step. Used by the latency probe when imface.fit.codes is not the subject."""
-    import torch
-
-    from imface.config import ModelConfig
-    from imface.model.imface import Codes, ImFace
-
-    torch.manual_seed(0)
-    model = ImFace(ModelConfig.tiny() if tiny else ModelConfig()).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    codes = Codes(
-        torch.zeros(1, model.config.id_dim, requires_grad=True),
-        torch.zeros(1, model.config.exp_dim, requires_grad=True),
-    )
-    opt = torch.optim.Adam([codes.z_id, codes.z_exp], lr=1e-3)
-    pts = torch.rand(4096, 3) * 2 - 1
-    t0, it = time.monotonic(), 0
-    while time.monotonic() - t0 < seconds:
-        loss = model(pts, None, codes).sdf.abs().mean() + (codes.z_id**2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        it += 1
-        job.report((it, float(loss.detach()), None))
-    return it
-
-
 def warm_up():
     """Pay torch's one-time costs (lazy imports of the optimisers and autograd, first kernels) on the
     GUI thread at start-up, before the window shows, so the first fit does not stall the event loop
@@ -85,19 +56,5 @@ def warm_up():
 
     # the modules a fit / extraction imports on first use: importing them in a worker thread
     # holds the GIL for whole seconds (a measured 1.6 s stall in the first real fit)
-    for name in (
-        "imface.model.imface",
-        "imface.extract",
-        "imface.fit.codes",
-        "imface.correspond",
-        "imface.metrics",
-        "imface.scan.load",
-        "imface.scan.align",
-        "imface.samples.preprocess",
-        "scipy.spatial",
-        "trimesh",
-    ):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    for name in ("imface.session", "imface.metrics", "imface.samples.preprocess", "scipy.spatial", "trimesh"):
+        importlib.import_module(name)

@@ -1,4 +1,4 @@
-"""Entry point: ``python main.py [SCAN] [--checkpoint PATH]`` opens the editor."""
+"""Entry point: python main.py [SCAN] [--checkpoint PATH] opens the editor (needs a display)."""
 
 from __future__ import annotations
 
@@ -18,22 +18,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def initial_model(args):
-    """-> (FaceModel, error message or None). Never fails: falls back to an untrained model."""
-    from app import backend
+    """-> (Session, error message or None). A missing or broken checkpoint opens an untrained
+    model, clearly labelled, with the reason shown."""
+    from imface.errors import UserError
+    from imface.session import DEFAULT_CHECKPOINT, Session
 
     if args.untrained:
-        return backend.untrained_model(), None
-    path = args.checkpoint or backend.DEFAULT_CHECKPOINT
+        return Session.untrained(), None
+    path = args.checkpoint or DEFAULT_CHECKPOINT
     if not args.checkpoint and not os.path.exists(path):
-        return backend.untrained_model(), (
+        return Session.untrained(), (
             "No trained model is shipped in this build (resources/imface_default.safetensors). "
             "The editor runs a randomly initialised, UNTRAINED model: train one in the Training panel "
             "or open a checkpoint (File > Open checkpoint)."
         )
     try:
-        return backend.load_model(path), None
-    except Exception as exc:  # noqa: BLE001 - one clear line, then keep going untrained
-        return backend.untrained_model(), f"{exc}. Using an untrained model instead."
+        return Session.load(path), None
+    except UserError as exc:
+        return Session.untrained(), f"{exc}. Using an untrained model instead."
 
 
 def install_excepthook():
@@ -64,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     from app.window import MainWindow
 
     install_excepthook()
-    from app.latency import warm_up
-
-    warm_up()  # one-time torch costs here, not under the GIL in the first fit
     fm, warning = initial_model(args)
     window = MainWindow(fm, use_3d=not args.no_3d)
     window.show()

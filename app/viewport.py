@@ -10,32 +10,20 @@ import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 from PyQt6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.backend import MeshData
+from imface.extract import Mesh
+from imface.extract.repair import vertex_normals
 
 FACE_COLOR = (0.85, 0.72, 0.62)
 SCAN_COLOR = (0.55, 0.7, 0.9)
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (for live morphing: cheaper than a normals filter per render)."""
-    v = vertices.astype(np.float32, copy=False)
-    if faces.size == 0:
-        return np.zeros_like(v)
-    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return n / np.maximum(norm, 1e-12)
-
-
-def to_polydata(mesh: MeshData):
+def to_polydata(mesh: Mesh, normals: np.ndarray | None = None):
     import pyvista as pv
 
     if mesh.faces.size:
         cells = np.hstack([np.full((len(mesh.faces), 1), 3, np.int64), mesh.faces]).ravel()
         poly = pv.PolyData(mesh.vertices.astype(np.float32), cells)
-        poly.point_data["Normals"] = vertex_normals(mesh.vertices, mesh.faces)
+        poly.point_data["Normals"] = vertex_normals(mesh.vertices, mesh.faces) if normals is None else normals
         poly.point_data.active_normals_name = "Normals"
     else:
         poly = pv.PolyData(mesh.vertices.astype(np.float32))
@@ -60,8 +48,8 @@ class Viewport(QObject):
         else:
             label = QLabel("3D view disabled", self.widget)
             layout.addWidget(label)
-        self.meshes: dict[str, object] = {}  # name -> PolyData (or MeshData without 3D)
-        self.data: dict[str, MeshData] = {}
+        self.meshes: dict[str, object] = {}  # name -> PolyData (or Mesh without 3D)
+        self.data: dict[str, Mesh] = {}
         self.actors: dict[str, object] = {}
         self.offsets: dict[str, np.ndarray] = {}
         self.renders = 0
@@ -73,7 +61,7 @@ class Viewport(QObject):
     def set_mesh(
         self,
         name: str,
-        mesh: MeshData | None,
+        mesh: Mesh | None,
         colors: np.ndarray | None = None,
         scalars: np.ndarray | None = None,
         scalar_title: str = "",
@@ -91,7 +79,7 @@ class Viewport(QObject):
         if self.plotter is None:
             self.meshes[name] = mesh
             return
-        poly = to_polydata(MeshData(mesh.vertices + self.offsets[name], mesh.faces))
+        poly = to_polydata(Mesh(mesh.vertices + self.offsets[name], mesh.faces))
         # render=False: add_mesh would otherwise render at once (up to a second for a large scan on
         # software GL); callers schedule one render for all their changes
         kwargs = dict(name=name, opacity=opacity, pickable=True, show_scalar_bar=False, render=False)
@@ -134,18 +122,29 @@ class Viewport(QObject):
         if not self._camera_set:
             self.reset_camera()
 
-    def update_points(self, name: str, vertices: np.ndarray) -> bool:
-        """Same topology: move the points of the existing actor (no new actor)."""
+    def update_points(self, name: str, vertices: np.ndarray, normals: np.ndarray | None = None) -> bool:
+        """Same topology: move the points of the existing actor (no new actor). Pass normals
+        computed off the GUI thread when you have them."""
         mesh = self.data.get(name)
         if mesh is None or mesh.vertices.shape != vertices.shape:
             return False
-        self.data[name] = MeshData(vertices, mesh.faces, mesh.colors)
+        self.data[name] = Mesh(vertices, mesh.faces)
         if self.plotter is None:
             return True
         poly = self.meshes[name]
         poly.points = vertices + self.offsets[name]
         if mesh.faces.size:
-            poly.point_data["Normals"] = vertex_normals(vertices, mesh.faces)
+            poly.point_data["Normals"] = vertex_normals(vertices, mesh.faces) if normals is None else normals
+        return True
+
+    def replace_geometry(self, name: str, mesh: Mesh, normals: np.ndarray | None = None) -> bool:
+        """New topology for a plainly coloured mesh: swap the geometry inside the existing actor
+        (several times cheaper than a new actor). False when there is no such actor."""
+        poly = self.meshes.get(name)
+        if name not in self.actors or poly is None or self.plotter is None or len(poly.point_data.keys()) > 1:
+            return False
+        self.data[name] = mesh
+        poly.copy_from(to_polydata(Mesh(mesh.vertices + self.offsets[name], mesh.faces), normals))
         return True
 
     def update_colors(self, name: str, colors: np.ndarray) -> bool:
@@ -176,7 +175,7 @@ class Viewport(QObject):
             self.remove(name)
             return
         pts = np.asarray(points, np.float32).reshape(-1, 3)
-        self.data[name] = MeshData(pts, np.zeros((0, 3), np.int64))
+        self.data[name] = Mesh(pts, np.zeros((0, 3), np.int64))
         if self.plotter is None:
             return
         import pyvista as pv

@@ -1,4 +1,4 @@
-"""Command line: ``python -m imface <command> ...``.
+"""Command line: python -m imface COMMAND [options].
 
 Each command lives in the module that implements it; that module exposes
 ``add_arguments(parser)`` and ``run(args) -> int`` (or ``add_<cmd>_arguments`` / ``run_<cmd>`` when
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("imface.fit.codes", "fit the model to a scan (any pose and unit)"),
     "correspond": ("imface.correspond", "dense correspondence between two faces"),
     "generate": ("imface.generate", "sample random faces from the code statistics"),
-    "rig": ("imface.generate", "export a 20-expression rig for a fitted identity"),
+    "rig": ("imface.generate", "export the FaceScape expressions (neutral + 19) of one identity as a rig"),
     "extract": ("imface.extract", "extract a face mesh for given codes"),
     "export-topology": ("imface.extract", "write a shared template topology mesh"),
 }
@@ -37,17 +37,42 @@ def available_commands() -> dict[str, tuple[str, str]]:
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m imface", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m imface",
+        description="ImFace / ImFace++ nonlinear 3D morphable face model.",
+        epilog="python -m imface COMMAND --help shows the options of a command (defaults in brackets).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = available_commands()
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsFormatter)
         if name == wanted:  # import only the module of the command that runs
             add_arguments, run = _hooks(importlib.import_module(module_name), name)
             add_arguments(p)
             p.set_defaults(_run=run)
+            _show_every_default(p)
     return parser
+
+
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with the option's default, when it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in _NO_DEFAULT:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _show_every_default(parser: argparse.ArgumentParser) -> None:
+    """Options without a help text still show their default (argparse hides such lines)."""
+    for action in parser._actions:
+        if not action.help and action.option_strings and action.default not in _NO_DEFAULT:
+            action.help = "default: %(default)s"
 
 
 def _hooks(module, name: str):

@@ -11,3 +11,7 @@ class CheckpointError(UserError):
 
 class MeshError(UserError):
     """A mesh or point cloud that cannot be used: names the file and the problem."""
+
+
+class AlignmentError(MeshError):
+    """The automatic alignment found no face in a scan; 5 points picked by hand can replace it."""

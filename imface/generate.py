@@ -19,7 +19,53 @@ import torch
 from imface.errors import UserError
 from imface.model import Codes, ImFace
 from imface.paths import atomic_write_text, confined, safe_name
-from imface.units import MM_PER_UNIT
+from imface.units import GLTF_UNIT, MM_PER_UNIT, UNITS
+
+# The 20 FaceScape expressions (1_neutral and 19 more); training corpora may hold other labels
+# (FaceScape's "21_random", ...) that are no named expression and stay out of rigs.
+FACESCAPE_EXPRESSIONS = (
+    "1_neutral", "2_smile", "3_mouth_stretch", "4_anger", "5_jaw_left", "6_jaw_right",
+    "7_jaw_forward", "8_mouth_left", "9_mouth_right", "10_dimpler", "11_chin_raiser",
+    "12_lip_puckerer", "13_lip_funneler", "14_sadness", "15_lip_roll", "16_grin",
+    "17_cheek_blowing", "18_eye_closed", "19_brow_raiser", "20_brow_lower",
+)  # fmt: skip
+MESH_UNIT = "mm"  # OBJ / PLY / STL carry no unit: millimetres, recorded in the sidecar
+FRAME = "model frame: y up, face looking +z, origin 40 mm behind the nose tip"
+
+
+def file_unit(path: str | Path) -> str:
+    """The unit a face is written in: metres for glTF (its specification), else millimetres."""
+    return GLTF_UNIT if Path(path).suffix.lower() in (".glb", ".gltf") else MESH_UNIT
+
+
+def to_file_unit(vertices_model: np.ndarray, unit: str) -> np.ndarray:
+    return np.asarray(vertices_model, np.float64) * (MM_PER_UNIT / 1000.0 / UNITS[unit])
+
+
+def write_face(path, vertices_model, faces, colors=None, info: dict | None = None) -> dict:
+    """Write a face given in model units, in its format's unit, with a sidecar PATH.json that
+    records the unit and the frame. Returns the sidecar's content."""
+    from imface.io import save_mesh
+
+    path = Path(path)
+    unit = file_unit(path)
+    has_colors = colors is not None and path.suffix.lower() != ".stl"
+    save_mesh(path, to_file_unit(vertices_model, unit), faces, colors=colors if has_colors else None)
+    sidecar = {
+        "mesh": path.name,
+        "unit": unit,
+        "unit_name": {"m": "metres", "mm": "millimetres"}[unit],
+        "frame": FRAME,
+        "vertices": int(len(vertices_model)),
+        "colors": bool(has_colors),
+        **(info or {}),
+    }
+    _write_json(path.with_name(path.name + ".json"), sidecar)
+    return sidecar
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -34,14 +80,15 @@ def sample_faces(checkpoint, n: int, scale: float = 0.85, seed: int = 0) -> list
 
 
 def expression_codes(checkpoint) -> dict[str, torch.Tensor]:
-    """One expression code per FaceScape label: the mean of the training codes with that label,
-    ordered by the label's number (2_smile, 3_mouth_stretch, ...)."""
+    """One expression code per named FaceScape expression (2_smile ... 20_brow_lower): the mean of
+    the training codes with that label, in the label's order."""
     labels = checkpoint.codes.expression_labels
-    if not labels:
-        raise UserError("this checkpoint stores no expression labels; cannot build a rig")
     groups: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
+        if label in FACESCAPE_EXPRESSIONS and label != "1_neutral":
+            groups.setdefault(label, []).append(i)
+    if not groups:
+        raise UserError("this checkpoint has no codes labelled with FaceScape expressions: no rig to build")
     z = checkpoint.codes.z_exp
     ordered = sorted(groups, key=_label_order)
     return {label: z[groups[label]].mean(0) for label in ordered}
@@ -133,24 +180,26 @@ def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray
 def export_rig(
     model, z_id, expressions, out_dir: str | Path, resolution: int = 128, fmt: str = "obj"
 ) -> dict:
-    """Write <label>.<fmt> (mm) for the neutral face and every expression, and rig.glb (metres)."""
-    from imface.io import save_mesh
-
+    """Write 1_neutral.<fmt> and <label>.<fmt> per expression (mm; GLB in m) and rig.glb (m) with
+    one morph target per expression; rig.json records every file's unit."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
-    save_mesh(out / f"1_neutral.{fmt}", base * MM_PER_UNIT, faces)
+    suffix = f".{fmt}"
+    write_face(out / f"1_neutral{suffix}", base, faces)
     names = rig_file_names(targets)  # labels come from the checkpoint: never trust them as paths
     for label, vertices in targets.items():
-        save_mesh(confined(out, f"{names[label]}.{fmt}"), vertices * MM_PER_UNIT, faces)
-    metres = MM_PER_UNIT / 1000.0
+        write_face(confined(out, f"{names[label]}{suffix}"), vertices, faces)
+    metres = MM_PER_UNIT / 1000.0 / UNITS[GLTF_UNIT]
     write_glb_with_morph_targets(
         out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}
     )
     manifest = {
-        "units": {fmt: "mm", "glb": "m"},
-        "frame": "model frame: y up, face looking +z, origin 40 mm behind the nose tip",
+        "units": {fmt: file_unit(suffix), "glb": GLTF_UNIT},
+        "frame": FRAME,
         "vertices": int(len(base)),
+        "meshes": 1 + len(targets),
+        "morph_targets": len(targets),
         "expressions": list(targets),
         "unconverged_vertices": failures,
     }
@@ -178,22 +227,25 @@ def _common(parser) -> None:
     from imface.io import DEFAULT_CHECKPOINT
 
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--format", choices=["obj", "ply", "stl", "glb"], default="ply")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model checkpoint")
+    parser.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (per axis)")
+    parser.add_argument(
+        "--format", choices=["obj", "ply", "stl", "glb"], default="ply",
+        help="mesh format: OBJ/PLY/STL in millimetres, GLB in metres (unit also in each PATH.json)",
+    )  # fmt: skip
 
 
 def add_generate_arguments(parser) -> None:
     _common(parser)
     parser.add_argument("--n", type=int, default=8, help="number of faces")
     parser.add_argument("--scale", type=float, default=0.85, help="std multiplier of the sampling")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--neutral", action="store_true", help="identities only (neutral expression)")
 
 
 def run_generate(args) -> int:
     from imface.extract import face_mesh
-    from imface.io import load_checkpoint, save_mesh
+    from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     out = Path(args.out)
@@ -202,18 +254,18 @@ def run_generate(args) -> int:
         if args.neutral:
             codes = Codes(codes.z_id[0], codes.z_exp[0], torch.tensor([True]))
         mesh = face_mesh(checkpoint.model, codes, args.resolution)
-        save_mesh(out / f"face_{i:03d}.{args.format}", mesh.vertices * MM_PER_UNIT, mesh.faces)
+        write_face(out / f"face_{i:03d}.{args.format}", mesh.vertices, mesh.faces)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
         atomic_write_text(out / f"face_{i:03d}.json", json.dumps(record))
-    print(json.dumps({"faces": args.n, "out": str(out), "units": "mm"}))
+    print(json.dumps({"faces": args.n, "out": str(out), "unit": file_unit(f".{args.format}")}))
     return 0
 
 
 def add_rig_arguments(parser) -> None:
     _common(parser)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--codes", help="codes JSON of a fitted face (fit --codes)")
+    source.add_argument("--codes", help="codes JSON of a fitted face (from fit --codes)")
     source.add_argument("--identity", type=int, help="index of a training identity")
     parser.add_argument("--expression-from", help="codes JSON whose expression to transfer (one mesh)")
 
@@ -221,7 +273,7 @@ def add_rig_arguments(parser) -> None:
 def run_rig(args) -> int:
     from imface.correspond import load_codes_json
     from imface.extract import face_mesh
-    from imface.io import load_checkpoint, save_mesh
+    from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.codes:
@@ -236,11 +288,11 @@ def run_rig(args) -> int:
         z_exp = load_codes_json(args.expression_from, checkpoint).z_exp[0]
         mesh = face_mesh(checkpoint.model, Codes(z_id, z_exp), args.resolution)
         path = Path(args.out) / f"transfer.{args.format}"
-        save_mesh(path, mesh.vertices * MM_PER_UNIT, mesh.faces)
-        print(json.dumps({"transfer": str(path), "units": "mm"}))
+        write_face(path, mesh.vertices, mesh.faces)
+        print(json.dumps({"transfer": str(path), "unit": file_unit(path)}))
         return 0
     manifest = export_rig(
         checkpoint.model, z_id, expression_codes(checkpoint), args.out, args.resolution, args.format
     )
-    print(json.dumps({k: manifest[k] for k in ("vertices", "expressions")}))
+    print(json.dumps({k: manifest[k] for k in ("vertices", "meshes", "morph_targets", "expressions")}))
     return 0

@@ -146,3 +146,22 @@ def chamfer_mm(a, b, count: int = 100_000, seed: int = 0) -> float:
     d_ab = _point_to_surface(pa, b, 4 * count, seed + 2).mean()
     d_ba = _point_to_surface(pb, a, 4 * count, seed + 3).mean()
     return float(0.5 * (d_ab + d_ba) * 100.0)
+
+
+def tiny_session(model: ImFace, identities: int = 4, seed: int = 0):
+    """A real ``imface.session.Session`` on a small model: random training-like codes with
+    FaceScape labels (two expressions per identity), so sliders, expressions and rigs work."""
+    from imface.io import TrainedCodes
+    from imface.session import Session
+
+    gen = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    labels = ["2_smile", "3_mouth_stretch"] * identities
+    codes = TrainedCodes(
+        z_id=torch.randn(identities, cfg.id_dim, generator=gen) * 0.3,
+        z_exp=torch.randn(len(labels), cfg.exp_dim, generator=gen) * 0.3,
+        identity_labels=[f"id{i}" for i in range(identities)],
+        expression_labels=labels,
+        expression_identity=[i // 2 for i in range(len(labels))],
+    )
+    return Session.from_model(model, codes, sha256=f"tiny-{seed}")

@@ -15,3 +15,11 @@ def face_model():
     from imface.testing import face_like_model
 
     return face_like_model(ModelConfig.tiny(), steps=150)
+
+
+@pytest.fixture(scope="session")
+def face_session(face_model):
+    """A real imface.session.Session on the tiny face-like model (what the editor tests drive)."""
+    from imface.testing import tiny_session
+
+    return tiny_session(face_model)

@@ -11,15 +11,14 @@ import pytest
 
 pytest.importorskip("PyQt6")
 
-from app.backend import CodeSpace, FaceCodes
-from app.document import Document
-from app.testing import fake_face_model
+from app.document import SLIDER_RANGE, Document
 from imface.errors import UserError
+from imface.session import CodeSpace, FaceCodes
 
 
 @pytest.fixture
-def doc(qapp):
-    return Document(fake_face_model())
+def doc(qapp, face_session):
+    return Document(face_session)
 
 
 def test_slider_drag_is_one_undo_step(doc):
@@ -69,15 +68,27 @@ def test_pca_sliders_round_trip(doc):
     assert doc.sliders("id")[3] == pytest.approx(2.0, abs=1e-4)
 
 
-def test_code_space_from_per_dimension_std():
-    sp = CodeSpace.from_stats(np.zeros(4), np.array([1, 2, 3, 4.0]), np.eye(4))
-    z = sp.with_slider(np.zeros(4, np.float32), 2, 1.0)
-    assert z[2] == pytest.approx(3.0)
+def test_raw_code_space_moves_one_dimension_by_its_std():
+    sp = CodeSpace(
+        np.zeros(4, np.float32), np.ones(4, np.float32), np.eye(4, dtype=np.float32), np.arange(1, 5.0)
+    )
+    z = sp.with_slider(np.zeros(4, np.float32), 2, 1.0, raw=True)
+    assert z[2] == pytest.approx(3.0) and z[[0, 1, 3]].tolist() == [0, 0, 0]
+
+
+def test_slider_values_clamp_to_the_range(doc):
+    doc.set_slider("id", 0, 7.5)
+    assert doc.sliders("id")[0] == pytest.approx(SLIDER_RANGE, abs=1e-4)
+    for seed in range(20):
+        doc.randomize(np.random.default_rng(seed))
+        assert np.abs(doc.sliders("id")).max() <= SLIDER_RANGE + 1e-4
 
 
 def test_expression_blend_random_mean_reset(doc):
     doc.set_expression("2_smile", 0.5)
-    assert not doc.codes.neutral and doc.codes.z_exp[0] == pytest.approx(0.025)
+    fm = doc.face_model
+    half = 0.5 * (fm.exp_space.mean + fm.expression_codes["2_smile"])
+    assert not doc.codes.neutral and np.allclose(doc.codes.z_exp, half, atol=1e-6)
     doc.set_expression("1_neutral", 1.0)
     assert doc.codes.neutral
     with pytest.raises(UserError):
@@ -85,7 +96,7 @@ def test_expression_blend_random_mean_reset(doc):
     doc.randomize(np.random.default_rng(1))
     assert np.abs(doc.codes.z_id).sum() > 0
     doc.mean_face()
-    assert np.allclose(doc.codes.z_id, 0)
+    assert np.allclose(doc.codes.z_id, doc.face_model.id_space.mean)
     doc.reset()
     n = doc.undo_stack.count()
     for _ in range(n):
@@ -108,7 +119,7 @@ def test_presets_tied_to_checkpoint(doc, tmp_path):
     path = tmp_path / "p.json"
     doc.save_preset(path, "mine")
     data = json.loads(path.read_text())
-    assert data["checkpoint_sha256"] == "fake-sha" and data["name"] == "mine"
+    assert data["checkpoint_sha256"] == doc.face_model.sha256 and data["name"] == "mine"
     doc.reset()
     codes, same = doc.read_preset(path)
     assert same

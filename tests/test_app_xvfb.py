@@ -1,6 +1,7 @@
-"""The real window under Xvfb: open the editor, move a slider, drop a synthetic scan, wait for the
-fit, check the screenshot's face pixels. Runs `python -m app.smoke` in a child process under
-xvfb-run (skipped where xvfb-run is not installed; .ci/run installs it)."""
+"""The real window under Xvfb with the shipped model: `python -m app.smoke` drags identity and
+expression sliders to +-3, checks every face mesh shown for tears (no edge longer than the bound,
+no vertex outside the sphere) and that Ctrl+Z restores the codes from before each drag exactly.
+Skipped where xvfb-run is not installed or no model is shipped."""
 
 import json
 import os
@@ -13,11 +14,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "resources" / "imface_default.safetensors"
 
 
 @pytest.mark.gui
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed")
-def test_real_window_under_xvfb(tmp_path):
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model")
+def test_real_window_with_the_shipped_model(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("QT_QPA_PLATFORM", None)
     cmd = [
@@ -30,21 +34,16 @@ def test_real_window_under_xvfb(tmp_path):
         "app.smoke",
         "--out",
         str(tmp_path),
-        "--fake",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     report = tmp_path / "smoke.json"
     assert report.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(report.read_text())
-    print("smoke:", result)
-    assert result["errors"] == []
-    assert result["first_mesh"] and result["mesh_changed"] and result["undo_steps_after_drag"] == 1
-    assert result["fit_done"]
+    assert result["errors"] == [] and result["first_face"]
+    assert result["drags"] >= 6 and result["undo_restores_codes_exactly"]
+    assert result["meshes_checked"] > 0 and result["torn_meshes"] == []
     from PIL import Image
 
-    for name in ("face.png", "fit.png", "window.png"):
-        img = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(int)
-        assert img.shape[0] > 200 and img.shape[1] > 200
     face = np.asarray(Image.open(tmp_path / "face.png").convert("RGB")).astype(int)
     skin = (face[..., 0] > 120) & (face[..., 0] - face[..., 2] > 30)  # the face colour, not grey
     assert skin.mean() > 0.02

@@ -20,12 +20,20 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import FACESCAPE_EXPRESSIONS
-from app.document import Document
+from app.document import SLIDER_RANGE, Document
 from imface.errors import UserError
+from imface.session import FACESCAPE_EXPRESSIONS
 
 SCALE = 100  # slider ticks per std unit
-RANGE = 3.0  # +- std units
+RANGE = SLIDER_RANGE  # +- std units
+
+
+def slider_text(value: float) -> str:
+    """The value beside a slider; codes beyond the range (a fitted face) say so, the handle sits
+    at the end."""
+    if abs(value) > RANGE + 5e-3:
+        return f"{'>' if value > 0 else '<'}{np.sign(value) * RANGE:+.0f}"
+    return f"{value:+.2f}"
 
 
 class CodeSliders(QGroupBox):
@@ -84,7 +92,7 @@ class CodeSliders(QGroupBox):
     def _moved(self, k: int, v: int):
         if self._syncing:
             return
-        self.labels[k].setText(f"{v / SCALE:+.2f}")
+        self.labels[k].setText(slider_text(v / SCALE))
         self.doc.set_slider(self.space, k, v / SCALE)
 
     def sync(self):
@@ -96,7 +104,7 @@ class CodeSliders(QGroupBox):
                 v = float(values[k]) if k < len(values) else 0.0
                 if not s.isSliderDown():
                     s.setValue(int(round(np.clip(v, -RANGE, RANGE) * SCALE)))
-                lab.setText(f"{v:+.2f}")
+                lab.setText(slider_text(v))
         finally:
             self._syncing = False
 
@@ -118,7 +126,7 @@ class MorphPanel(QWidget):
         outer.addWidget(self.model_label)
 
         row = QHBoxLayout()
-        for text, slot in (("Random", self._random), ("Mean", doc.mean_face), ("Reset", doc.reset)):
+        for text, slot in (("Random", self.random_face), ("Mean", doc.mean_face), ("Reset", self.reset_face)):
             b = QPushButton(text)
             b.setObjectName(f"btn_{text.lower()}")
             b.clicked.connect(slot)
@@ -218,8 +226,22 @@ class MorphPanel(QWidget):
         self.id_sliders.rebuild()
         self.exp_sliders.rebuild()
 
-    def _random(self):
+    def random_face(self):
         self.doc.randomize(self.rng)
+
+    def reset_face(self):
+        """The mean face, neutral: the expression box goes back to neutral at full blend too."""
+        self.doc.reset()
+        self._show_neutral()
+
+    def _show_neutral(self):
+        for widget, value in ((self.expr, 0), (self.blend, 100)):
+            widget.blockSignals(True)
+            if widget is self.expr:
+                widget.setCurrentIndex(value)
+            else:
+                widget.setValue(value)
+            widget.blockSignals(False)
 
     def _apply_expression(self, *_):
         try:
@@ -247,3 +269,5 @@ class MorphPanel(QWidget):
     def sync(self):
         self.id_sliders.sync()
         self.exp_sliders.sync()
+        if self.doc.codes.neutral:  # undo / reset / fit back to neutral: the box follows
+            self._show_neutral()

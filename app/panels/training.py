@@ -24,7 +24,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.panels.common import LossPlot
-from app.workers import TrainingProcess
+from app.training_process import TrainingProcess
 
 
 class TrainingPanel(QWidget):

@@ -16,27 +16,29 @@ from imface.extract.morph import MorphEngine
 from imface.extract.stream import face_sdf, template_sdf
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 from imface.model.imface import Codes
-from imface.units import MM_PER_UNIT
 
 MAX_FAILED_FRACTION = 0.005  # more unconverged vertices than this: the topology does not fit
 
 
 def save_mesh(mesh: Mesh, path: str | Path) -> None:
-    """Write a model-frame mesh in millimetres."""
-    from imface.io import save_mesh as write
+    """Write a model-frame mesh in its format's unit (GLB metres, else mm) with a unit sidecar."""
+    from imface.generate import write_face
 
-    write(path, mesh.vertices * MM_PER_UNIT, mesh.faces)
+    write_face(path, mesh.vertices, mesh.faces)
 
 
 def load_mesh(path: str | Path) -> Mesh:
-    """Read a mesh written by `save_mesh` (mm) back into the model frame."""
+    """Read a mesh written by `save_mesh` back into the model frame."""
     import trimesh
 
     try:
         loaded = trimesh.load(str(path), process=False, force="mesh")
     except Exception as exc:  # trimesh raises many types for bad files
         raise UserError(f"{path}: cannot read mesh ({exc})") from None
-    return Mesh(np.asarray(loaded.vertices) / MM_PER_UNIT, np.asarray(loaded.faces))
+    from imface.generate import file_unit, to_file_unit
+
+    per_unit = float(to_file_unit(np.ones(1), file_unit(path))[0])  # file units per model unit
+    return Mesh(np.asarray(loaded.vertices) / per_unit, np.asarray(loaded.faces))
 
 
 def _codes(checkpoint, identity: int | None, expression: int | None, device) -> Codes:

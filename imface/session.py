@@ -1,0 +1,535 @@
+"""The one door into the library for the editor and the CLI: a loaded model and what can be done
+with it (code space, meshes for codes at a quality, a morpher, fit a scan, template coordinates,
+paint, export).
+
+Everything here is plain numpy at the boundary, imported statically, and raises typed errors
+(``imface.errors``). Long work comes as jobs (``imface.jobs``: generators of ``Progress`` that
+return their result; closing one cancels it). Model calls hold ``Session.lock``; the fit runs on a
+private copy of the network, so the editor's meshes keep coming while it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imface.config import FitConfig, ModelConfig
+from imface.correspond import correspondence, paint, template_coordinates
+from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
+from imface.extract import BandCache, Mesh, MorphEngine, extract_narrow_band, face_sdf, refine
+from imface.extract.repair import MORPH_RADIUS, crop_to_region, edge_bound, repair_morph
+from imface.fit.codes import FitCancelled, fit_scan
+from imface.generate import export_rig, expression_codes, write_face
+from imface.io import DEFAULT_CHECKPOINT, Checkpoint, CodeStats, TrainedCodes, load_checkpoint
+from imface.jobs import Cancelled, Job, Progress
+from imface.model.imface import Codes, ImFace
+from imface.scan.align import Alignment, align_from_landmarks, align_scan
+from imface.scan.load import Scan, decimate, load_scan
+from imface.units import MM_PER_UNIT, UNITS
+
+__all__ = ["DEFAULT_CHECKPOINT", "AlignmentError", "CheckpointError", "MeshError", "UserError"]
+
+FACESCAPE_EXPRESSIONS = (
+    "1_neutral", "2_smile", "3_mouth_stretch", "4_anger", "5_jaw_left", "6_jaw_right",
+    "7_jaw_forward", "8_mouth_left", "9_mouth_right", "10_dimpler", "11_chin_raiser",
+    "12_lip_puckerer", "13_lip_funneler", "14_sadness", "15_lip_roll", "16_grin",
+    "17_cheek_blowing", "18_eye_closed", "19_brow_raiser", "20_brow_lower",
+)  # fmt: skip
+
+# name -> (fine grid, coarse grid). 256^3 is the official grid; on a 2-core CPU a 96^3 narrow
+# band of the shipped model takes about 1-2 s, 128^3 about 3-6 s.
+QUALITY = {"draft": (96, 24), "normal": (128, 32), "high": (192, 48), "official": (256, 64)}
+DEFAULT_QUALITY = "draft"
+PREVIEW_RESOLUTION = 48  # quick re-extraction while a drag goes where the morph cannot follow
+DISPLAY_VERTICES = 20_000  # scans are shown decimated to about this many vertices
+PREVIEW_EVERY = 25  # fit iterations between live meshes
+
+
+# -- codes ----------------------------------------------------------------------------------
+@dataclass
+class FaceCodes:
+    """One face's latent codes as numpy (what the editor stores and presets hold)."""
+
+    z_id: np.ndarray
+    z_exp: np.ndarray
+    neutral: bool = False
+    z_detail: np.ndarray | None = None
+
+    def copy(self) -> FaceCodes:
+        detail = None if self.z_detail is None else self.z_detail.copy()
+        return FaceCodes(self.z_id.copy(), self.z_exp.copy(), bool(self.neutral), detail)
+
+    def equals(self, other: FaceCodes | None) -> bool:
+        return (
+            other is not None
+            and self.neutral == other.neutral
+            and np.array_equal(self.z_id, other.z_id)
+            and np.array_equal(self.z_exp, other.z_exp)
+        )
+
+    def lerp(self, other: FaceCodes, t: float) -> FaceCodes:
+        detail = None
+        if self.z_detail is not None and other.z_detail is not None:
+            detail = (1 - t) * self.z_detail + t * other.z_detail
+        return FaceCodes(
+            ((1 - t) * self.z_id + t * other.z_id).astype(np.float32),
+            ((1 - t) * self.z_exp + t * other.z_exp).astype(np.float32),
+            self.neutral if t < 0.5 else other.neutral,
+            detail,
+        )
+
+    def to_json(self) -> dict:
+        d = {"z_id": self.z_id.tolist(), "z_exp": self.z_exp.tolist(), "neutral": bool(self.neutral)}
+        if self.z_detail is not None:
+            d["z_detail"] = self.z_detail.tolist()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> FaceCodes:
+        """The codes JSON of presets and of ``fit --codes`` (z_id, z_exp, neutral)."""
+        detail = d.get("z_detail")
+        z_id = np.asarray(d["z_id"], np.float32).reshape(-1)
+        z_exp = np.asarray(d["z_exp"], np.float32).reshape(-1)
+        neutral = bool(np.asarray(d.get("neutral", False)).reshape(-1)[0])
+        return cls(z_id, z_exp, neutral, None if detail is None else np.asarray(detail, np.float32))
+
+    @classmethod
+    def from_torch(cls, codes: Codes) -> FaceCodes:
+        neutral = False if codes.neutral is None else bool(codes.neutral.reshape(-1)[0])
+        detail = None if codes.z_detail is None else _numpy(codes.z_detail)
+        return cls(_numpy(codes.z_id), _numpy(codes.z_exp), neutral, detail)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32).reshape(-1)
+
+
+@dataclass
+class CodeSpace:
+    """Statistics of one code space: slider k moves along basis[k] by std[k] per unit."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (K,) std along each principal direction
+    basis: np.ndarray  # (K, D) orthonormal rows
+    raw_std: np.ndarray  # (D,) per-dimension std (raw-dimension sliders)
+
+    @classmethod
+    def of(cls, stats: CodeStats) -> CodeSpace:
+        floor = 1e-3  # a direction without spread still moves a little (one training code)
+        return cls(
+            stats.mean.numpy().astype(np.float32),
+            np.maximum(stats.basis_std.numpy(), floor).astype(np.float32),
+            stats.basis.numpy().astype(np.float32),
+            np.maximum(stats.std.numpy(), floor).astype(np.float32),
+        )
+
+    @classmethod
+    def isotropic(cls, dim: int, std: float) -> CodeSpace:
+        z, s = np.zeros(dim, np.float32), np.full(dim, std, np.float32)
+        return cls(z, s, np.eye(dim, dtype=np.float32), s.copy())
+
+    def to_sliders(self, z: np.ndarray, raw: bool = False) -> np.ndarray:
+        if raw:
+            return (z - self.mean) / self.raw_std
+        return (self.basis @ (z - self.mean)) / self.std
+
+    def with_slider(self, z: np.ndarray, k: int, value: float, raw: bool = False) -> np.ndarray:
+        z = z.astype(np.float32).copy()
+        if raw:
+            z[k] = self.mean[k] + value * self.raw_std[k]
+            return z
+        current = float(self.basis[k] @ (z - self.mean)) / self.std[k]
+        return (z + (value - current) * self.std[k] * self.basis[k]).astype(np.float32)
+
+    def sample(self, rng: np.random.Generator, scale: float = 0.85) -> np.ndarray:
+        t = rng.standard_normal(self.std.shape[0]).astype(np.float32) * scale
+        return (self.mean + (t * self.std) @ self.basis).astype(np.float32)
+
+
+# -- scans and fits ---------------------------------------------------------------------------
+@dataclass
+class LoadedScan:
+    """A scan in its own frame and unit, and a decimated copy for display."""
+
+    scan: Scan
+    display: Mesh  # at most about DISPLAY_VERTICES vertices (the full scan is kept for the fit)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.scan.path)
+
+    @property
+    def unit_mm(self) -> float:
+        return UNITS[self.scan.unit] * 1000.0
+
+
+@dataclass
+class FitOutcome:
+    codes: FaceCodes
+    mesh: Mesh  # the fitted face in the scan's frame and unit
+    distances_mm: np.ndarray  # scan vertex -> fitted surface, per vertex of the full scan
+    display_distances_mm: np.ndarray  # the same for the vertices of the display copy
+    alignment: Alignment
+    report: dict
+
+
+@dataclass
+class MorphFrame:
+    """One live-morph step: the vertices to show and whether they are the new face."""
+
+    vertices: np.ndarray
+    sound: bool  # False: the morph tore; `vertices` are the last good ones
+    failed: int  # vertices the morph engine did not place
+    repaired: int  # of those, placed by local re-projection
+    reason: str = ""
+
+
+# -- the session --------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """A loaded model and everything the editor and the CLI do with it."""
+
+    model: ImFace
+    checkpoint: Checkpoint  # an untrained session holds one zero code per space
+    trained: bool
+    id_space: CodeSpace
+    exp_space: CodeSpace
+    expression_codes: dict[str, np.ndarray] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_CHECKPOINT) -> Session:
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        ckpt = load_checkpoint(path)
+        ckpt.model.eval()
+        stats = ckpt.stats
+        expressions = (
+            {k: _numpy(v) for k, v in expression_codes(ckpt).items()} if ckpt.codes.expression_labels else {}
+        )
+        return cls(ckpt.model, ckpt, True, CodeSpace.of(stats["id"]), CodeSpace.of(stats["exp"]), expressions)
+
+    @classmethod
+    def untrained(cls, config: ModelConfig | None = None, seed: int = 0) -> Session:
+        """A randomly initialised model, clearly labelled untrained."""
+        torch.manual_seed(seed)
+        model = ImFace(config or ModelConfig()).eval()
+        cfg = model.config
+        codes = TrainedCodes(torch.zeros(1, cfg.id_dim), torch.zeros(1, cfg.exp_dim), ["untrained"], [])
+        ckpt = Checkpoint(model, codes, {}, None, "untrained")
+        return cls(
+            model, ckpt, False, CodeSpace.isotropic(cfg.id_dim, 0.01), CodeSpace.isotropic(cfg.exp_dim, 0.01)
+        )
+
+    @classmethod
+    def from_model(cls, model: ImFace, codes: TrainedCodes, sha256: str = "in-memory") -> Session:
+        """A session on a model already in memory (tests, freshly trained networks)."""
+        ckpt = Checkpoint(model.eval(), codes, {}, None, sha256)
+        stats = ckpt.stats
+        expressions = (
+            {k: _numpy(v) for k, v in expression_codes(ckpt).items()} if codes.expression_labels else {}
+        )
+        return cls(model, ckpt, True, CodeSpace.of(stats["id"]), CodeSpace.of(stats["exp"]), expressions)
+
+    @property
+    def path(self) -> Path | None:
+        return self.checkpoint.path
+
+    @property
+    def sha256(self) -> str:
+        return self.checkpoint.sha256
+
+    @property
+    def label(self) -> str:
+        name = self.path.name if self.path else "random initialisation"
+        return name if self.trained else f"UNTRAINED ({name})"
+
+    @property
+    def id_dim(self) -> int:
+        return int(self.id_space.mean.shape[0])
+
+    @property
+    def exp_dim(self) -> int:
+        return int(self.exp_space.mean.shape[0])
+
+    def mean_codes(self) -> FaceCodes:
+        return FaceCodes(self.id_space.mean.copy(), self.exp_space.mean.copy(), neutral=True)
+
+    def torch_codes(self, codes: FaceCodes) -> Codes:
+        detail = None
+        if self.model.config.detail:
+            detail = torch.zeros(1, self.model.config.detail_dim)
+            if codes.z_detail is not None:
+                detail = torch.as_tensor(codes.z_detail, dtype=torch.float32).reshape(1, -1)
+        return Codes(
+            torch.as_tensor(codes.z_id, dtype=torch.float32).reshape(1, -1),
+            torch.as_tensor(codes.z_exp, dtype=torch.float32).reshape(1, -1),
+            torch.tensor([bool(codes.neutral)]),
+            detail,
+        )
+
+    # -- meshes -------------------------------------------------------------------------------
+    def _face(self, mesh: Mesh) -> Mesh:
+        """The face as shown and exported: inside the region the model was trained on, one piece."""
+        vertices, faces = crop_to_region(mesh.vertices, mesh.faces)
+        face = Mesh(vertices, faces).largest_component()
+        if face.num_vertices == 0:
+            hint = "" if self.trained else " (the model is untrained: train one or load a checkpoint)"
+            raise MeshError(f"the face has no surface at these codes{hint}")
+        return face
+
+    def mesh_job(
+        self,
+        codes: FaceCodes,
+        quality: str = DEFAULT_QUALITY,
+        cache: BandCache | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> Job[Mesh]:
+        """Coarse then fine mesh of these codes; each stage is yielded as a preview ("coarse",
+        mesh). `interrupt` is also checked between network chunks, so that a newer request stops
+        a running extraction at once (closing the job works only between stages)."""
+        fine, coarse = QUALITY[quality]
+        stop = threading.Event()
+
+        def stopped() -> bool:
+            return stop.is_set() or (interrupt is not None and interrupt())
+
+        stream = refine(self.model, self.torch_codes(codes), fine, coarse, cancel=stopped, cache=cache)
+        stage, mesh = "", None
+        try:
+            yield Progress("Extracting face", 0, 2, f"{fine}^3 grid")
+            while True:
+                with self.lock:
+                    step = next(stream, None)
+                if step is None:
+                    break
+                stage, mesh = step[0], self._face(step[1])
+                yield Progress(
+                    "Extracting face", 2 if stage == "fine" else 1, 2, stage, preview=(stage, mesh)
+                )
+        finally:
+            stop.set()
+            stream.close()
+        if stage != "fine":
+            raise Cancelled("Extracting face")
+        return mesh
+
+    def extract(self, codes: FaceCodes, resolution: int = 96) -> Mesh:
+        """One quick mesh (previews, the second face of the comparison)."""
+        with self.lock:
+            sdf = face_sdf(self.model, self.torch_codes(codes))
+            band = extract_narrow_band(sdf, resolution=resolution, coarse_resolution=max(resolution // 4, 8))
+        return self._face(band.mesh)
+
+    def morpher(self, base: Mesh, base_codes: FaceCodes) -> Morpher:
+        return Morpher(self, base, base_codes)
+
+    # -- correspondence and paint -----------------------------------------------------------------
+    def template_coordinates(self, codes: FaceCodes, vertices: np.ndarray) -> np.ndarray:
+        with self.lock:
+            out = template_coordinates(self.model, self.torch_codes(codes), np.asarray(vertices, np.float32))
+        return out.astype(np.float32)
+
+    # -- scans and fitting -----------------------------------------------------------------------
+    def load_scan_job(self, path: str | Path) -> Job[LoadedScan]:
+        yield Progress("Loading scan", 0, 2, Path(path).name)
+        scan = load_scan(path)
+        yield Progress("Loading scan", 1, 2, "display copy")
+        return LoadedScan(scan, _display_copy(scan))
+
+    def fit_job(
+        self, loaded: LoadedScan, landmarks: np.ndarray | None = None, config: FitConfig | None = None
+    ) -> Job[FitOutcome]:
+        """Align (automatically, or from 5 picked points), fit the codes, measure the residual."""
+        scan = loaded.scan
+        yield Progress("Aligning scan", 0, None, loaded.path.name)
+        alignment = _align(scan, landmarks)
+        private = dataclasses.replace(self.checkpoint, model=copy.deepcopy(self.model))
+        result = yield from _fit_in_thread(private, scan, alignment, config or FitConfig())
+        yield Progress("Measuring the residual", 0, None)
+        mesh = Mesh(result.vertices, result.faces)
+        unit_mm = loaded.unit_mm
+        return FitOutcome(
+            FaceCodes.from_torch(result.codes),
+            mesh,
+            distances_mm(scan.vertices, mesh, unit_mm),
+            distances_mm(loaded.display.vertices, mesh, unit_mm),
+            alignment,
+            result.report,
+        )
+
+    # -- export ---------------------------------------------------------------------------------
+    def export_mesh(self, mesh: Mesh, path: str | Path, colors: np.ndarray | None = None) -> str:
+        """Write a face of the model frame (GLB in metres, OBJ/PLY/STL in mm, unit in the sidecar)."""
+        info = write_face(path, mesh.vertices, mesh.faces, colors, {"checkpoint_sha256": self.sha256})
+        colours = "with vertex colours" if info["colors"] else "no colours"
+        if colors is not None and not info["colors"]:
+            colours = "no colours (the format has none)"
+        return f"Saved {Path(path).name}: {info['vertices']} vertices, units: {info['unit_name']}, {colours}"
+
+    def export_rig_job(self, codes: FaceCodes, folder: str | Path, resolution: int = 128) -> Job[str]:
+        if not self.expression_codes:
+            raise UserError("the expression rig needs a trained checkpoint with labelled expression codes")
+        yield Progress("Exporting rig", 0, None, f"{len(self.expression_codes)} expressions")
+        with self.lock:
+            manifest = export_rig(
+                self.model,
+                torch.as_tensor(codes.z_id),
+                expression_codes(self.checkpoint),
+                Path(folder),
+                resolution,
+            )
+        return rig_summary(manifest, folder)
+
+
+def rig_summary(manifest: dict, folder) -> str:
+    n = len(manifest["expressions"])
+    return (
+        f"Rig written to {folder}: neutral + {n} expressions ({n} morph targets); meshes in mm, rig.glb in m"
+    )
+
+
+class Morpher:
+    """Live morphing of one mesh topology that never returns a torn mesh: unconverged vertices are
+    re-projected locally; when the result still tears, the last good vertices come back with
+    ``sound=False`` and the caller re-extracts."""
+
+    def __init__(self, session: Session, base: Mesh, base_codes: FaceCodes):
+        self.session = session
+        self.base = base
+        self.faces = base.faces
+        self.max_edge = edge_bound(base.vertices, base.faces)
+        self.last_good = base.vertices.copy()
+        with session.lock:
+            self._engine = MorphEngine(session.model, base, session.torch_codes(base_codes))
+
+    def morph(self, codes: FaceCodes, preview: bool = True) -> MorphFrame:
+        s = self.session
+        with s.lock:
+            torch_codes = s.torch_codes(codes)
+            result = self._engine.morph(torch_codes, preview=preview)
+            with torch.no_grad():
+                prep = s.model.prepare(torch_codes)
+            repair = repair_morph(
+                s.model, prep, result.vertices, result.converged, self.last_good, self.faces, self.max_edge
+            )
+        if not repair.sound:
+            return MorphFrame(self.last_good, False, repair.failed, repair.repaired, repair.soundness.reason)
+        self.last_good = repair.vertices
+        return MorphFrame(repair.vertices, True, repair.failed, repair.repaired)
+
+
+def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:
+    """Index of B's vertex that corresponds to vertex `index` of A (nearest in template space)."""
+    idx, _ = correspondence(template_a[index : index + 1], template_b)
+    return int(np.asarray(idx).reshape(-1)[0])
+
+
+PAINT_MODES = {"coords": "template", "checker": "checker", "uv": "uv-grid"}
+
+
+def paint_colors(template: np.ndarray, mode: str, image: np.ndarray | None = None) -> np.ndarray:
+    """Per-vertex RGB uint8 painted in template space: 'coords', 'checker', 'uv' or 'image'."""
+    if mode == "image":
+        if image is None:
+            raise UserError("painting with an image needs an image")
+        rgb = paint(template, image=image)
+    elif mode in PAINT_MODES:
+        rgb = paint(template, PAINT_MODES[mode])
+    else:
+        raise UserError(f"unknown paint mode {mode!r} (use coords, checker, uv or image)")
+    return np.clip(np.round(np.asarray(rgb)[:, :3] * 255), 0, 255).astype(np.uint8)
+
+
+def distances_mm(points: np.ndarray, mesh: Mesh, unit_mm: float) -> np.ndarray:
+    """Distance of each point to a mesh (nearest vertex, then its tangent plane), in mm."""
+    from scipy.spatial import cKDTree
+
+    from imface.extract.repair import vertex_normals
+
+    normals = vertex_normals(mesh.vertices, mesh.faces)
+    nearest, idx = cKDTree(mesh.vertices).query(np.asarray(points, np.float64), k=1)
+    along = np.abs(((points - mesh.vertices[idx]) * normals[idx]).sum(-1))
+    return (np.minimum(along, nearest) * unit_mm).astype(np.float32)
+
+
+def _display_copy(scan: Scan) -> Mesh:
+    faces = scan.faces if scan.faces is not None else np.zeros((0, 3), np.int64)
+    if len(scan.vertices) <= DISPLAY_VERTICES or scan.faces is None:
+        return Mesh(scan.vertices, faces)
+    vertices, faces = decimate(scan.vertices, scan.faces, DISPLAY_VERTICES)
+    return Mesh(vertices, faces)
+
+
+def _align(scan: Scan, landmarks: np.ndarray | None) -> Alignment:
+    if landmarks is not None:
+        return align_from_landmarks(np.asarray(landmarks, np.float64))
+    try:
+        return align_scan(scan.vertices, scan.faces, unit=None, path=Path(scan.path).name)
+    except MeshError as exc:  # every failure of the automatic alignment: offer the 5 points
+        raise AlignmentError(str(exc)) from exc
+
+
+def _fit_in_thread(checkpoint: Checkpoint, scan: Scan, alignment: Alignment, config: FitConfig):
+    """fit_scan reports through callbacks; run it in a thread and turn its reports into Progress.
+    Closing this generator sets the fit's cancel flag and waits for it to stop."""
+    reports: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = fit_scan(
+                checkpoint, scan, config, alignment=alignment, preview_every=PREVIEW_EVERY,
+                progress=reports.put, cancel=cancel,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - handed to the driving thread
+            outcome["error"] = exc
+        finally:
+            reports.put(None)
+
+    thread = threading.Thread(target=work, name="fit", daemon=True)
+    thread.start()
+    try:
+        while True:
+            info = reports.get()
+            if info is None:
+                break
+            preview = None
+            if "mesh" in info:
+                vertices, faces = info["mesh"]
+                preview = Mesh(vertices, faces)
+            values = {"loss": float(info.get("loss", float("nan")))}
+            yield Progress(
+                "Fitting",
+                int(info.get("iteration", 0)),
+                info.get("iterations"),
+                values=values,
+                preview=preview,
+            )
+    finally:
+        cancel.set()
+        thread.join()
+    error = outcome.get("error")
+    if isinstance(error, FitCancelled):
+        raise UserError("the fit was cancelled")
+    if error is not None:
+        raise error
+    return outcome["result"]
+
+
+__all__ += [
+    "FACESCAPE_EXPRESSIONS", "QUALITY", "DEFAULT_QUALITY", "MORPH_RADIUS", "CodeSpace", "FaceCodes",
+    "FitOutcome", "LoadedScan", "MorphFrame", "Morpher", "Session", "distances_mm", "match_vertex",
+    "paint_colors", "rig_summary", "MM_PER_UNIT",
+]  # fmt: skip
