@@ -249,9 +249,13 @@ def fit_scan(
     where = getattr(scan, "path", "") or ""
     if alignment is None:
         alignment = align_scan(scan.vertices, scan.faces, unit=unit, path=where, landmarks=landmarks)
+    aligned = time.perf_counter()
     samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
+    sampled = time.perf_counter()
     fit, distances = _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel)
     report = _report(fit, distances, alignment, started)
+    report["align_seconds"] = round(aligned - started, 2)
+    report["sample_seconds"] = round(sampled - aligned, 2)
     if not report["ok"]:
         report["warning"] = (
             f"{where + ': ' if where else ''}the fit stays far from the scan (median "
@@ -261,7 +265,9 @@ def fit_scan(
         )
         if on_poor_fit == "raise":
             raise FitFailed(report["warning"], report)
+    extracting = time.perf_counter()
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
+    report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
     _add_surface_scores(report, mesh, samples)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return FitResult(fit.codes, alignment.to_scan(mesh.vertices), mesh.faces, alignment, report)
