@@ -177,7 +177,7 @@ def scan_points(vertices, faces, n=20_000, rng=None):
     return v
 
 
-def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False):
+def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False, tol=0.0):
     """Trimmed ICP between the template face and the scan; returns the refined scan->model
     matrix, the trimmed RMS (model units), the fraction of template points matched within 5 mm,
     and the template-point distances.
@@ -209,7 +209,10 @@ def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upp
             b = np.vstack([b, tmpl.points[nn2[k2]]])
             n = np.vstack([n, tmpl.normals[nn2[k2]]])
         if plane:
-            m = _point_to_plane(a, b, n, scale_free) @ m
+            step = _point_to_plane(a, b, n, scale_free)
+            m = step @ m
+            if np.abs(step - np.eye(4)).max() < tol:  # converged: one last evaluation
+                iters = it + 1
         else:
             s, r, t = similarity(a, b, scale=None if scale_free else 1.0)
             m = _matrix(s, r, t) @ m
@@ -394,7 +397,7 @@ def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
     m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
     # converge to the fixed point (rigid, fine steps) so that the answer does not depend on
     # where the search started: the same scan in another pose ends at the same placement
-    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 6, 0.1, False, plane=True, upper=True)
+    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 40, 0.1, False, plane=True, upper=True, tol=1e-8)
     s = float(np.cbrt(np.linalg.det(m[:3, :3])))
     m = _snap_nose(m, pts)
     return _Placement(m, s if free else scale, unit, face_evidence(tree, m, rms, inl, free))
