@@ -89,9 +89,18 @@ def run_to_run(rows: list[dict]) -> dict | None:
 
 
 def synthetic_scans(folder: Path, count: int, seed: int) -> list[Path]:
-    from imface.corpus.synth import write_corpus
+    """Neutral adults the training corpus never saw (its seeds differ): the wide population
+    (with eyeballs) where the generator has one, else the generator's default population."""
+    from imface.corpus import synth
 
-    write_corpus(folder, identities=count, seed=seed, extra=0, progress=False, expressions=("1_neutral",))
+    if hasattr(synth, "Recipe"):
+        population = "wide" if "wide" in getattr(synth.anny_head, "POPULATIONS", ()) else "mixed"
+        recipe = synth.Recipe(seed=seed, extra=0, only=("1_neutral",), population=population)
+        synth.write_corpus(folder, identities=count, recipe=recipe, progress=False)
+    else:
+        synth.write_corpus(
+            folder, identities=count, seed=seed, extra=0, progress=False, expressions=("1_neutral",)
+        )
     return sorted(folder.glob("*/1_neutral.ply"))
 
 
@@ -134,29 +143,33 @@ def main() -> None:
         if args.synthetic > 0:
             groups["synthetic"] = synthetic_scans(Path(tmp), args.synthetic, args.synthetic_seed)
         for group, paths in groups.items():
-            rows = []
+            rows: list[dict] = []
+            results[f"{group}_rows"] = rows
             for path in paths:
                 scan = load_scan(path, "mm")
                 poses = []
                 for pose in range(args.poses):
                     shown, unit = posed(scan, pose, rng)
                     row = {"group": group, "scan": path.name if group == "real" else path.parent.name}
-                    row |= {
-                        "pose": pose,
-                        "true_unit": unit,
-                        **fit_one(checkpoint, shown, cfg, args.resolution),
-                    }
+                    row |= {"pose": pose, "true_unit": unit}
+                    row |= fit_one(checkpoint, shown, cfg, args.resolution)
                     poses.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}), flush=True)
-                rows += poses
+                    print(json.dumps(_public(row)), flush=True)
+                rows += [_public(r) for r in poses]
                 per_scan.append({"group": group, "scan": poses[0]["scan"], "run_to_run": run_to_run(poses)})
-            results[group] = summarise(rows) if rows else None
-            for r in rows:
-                r.pop("_model_vertices", None)
-                r.pop("_codes", None)
-            results[f"{group}_rows"] = rows
+                results[group] = summarise(rows)
+                write_report(args, results, per_scan, final=False)
+    write_report(args, results, per_scan, final=True)
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def write_report(args, results: dict, per_scan: list, final: bool) -> None:
     report = {
         "benchmark": "real_scans",
+        "complete": final,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "checkpoint": Path(args.checkpoint).name,
@@ -168,7 +181,8 @@ def main() -> None:
         "rows": {k: v for k, v in results.items() if k.endswith("_rows")},
     }
     text = json.dumps(report, indent=1)
-    print(text)
+    if final:
+        print(text)
     if args.out:
         out = Path(args.out)
         tmp_out = out.with_suffix(".tmp")

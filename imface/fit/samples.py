@@ -26,8 +26,8 @@ SURFACE = 30_000  # surface samples
 SPACE = 8_000  # space samples in the unit ball
 GOLDEN = 0.6180339887498949
 QUANTUM = 1e-5  # model units (1 um)
-# A point cloud needs about one point per 3 mm on the face (~4,000 inside the face region): with
-# fewer, the long-edge filter leaves holes and the normals get noisy (benchmarks/real_scans.py).
+# Fewer points than this inside the face region (the 100 mm sphere; about one per 5 mm) leave
+# the triangulation too coarse to give the nose and lips their normals: refused.
 MIN_CLOUD_POINTS = 1_000
 
 
