@@ -84,12 +84,19 @@ def non_faces() -> dict[str, trimesh.Trimesh]:
     rng = np.random.default_rng(0)
     ball = trimesh.creation.icosphere(4, radius=100)
     n = ball.vertex_normals
-    bumps = sum(15 * np.sin(n @ rng.normal(size=3) * rng.uniform(1, 3) + rng.uniform(0, 6)) for _ in range(6))
+    bumps = sum(
+        rng.normal() * 15 * np.sin(n @ rng.normal(size=3) * rng.uniform(1, 3) + rng.uniform(0, 6))
+        for _ in range(6)
+    )
     hand = [trimesh.creation.box([90, 100, 30])]
     for i, x in enumerate([-33, -11, 11, 33]):
         finger = trimesh.creation.capsule(70 + 10 * (i % 2), 9)
         finger.apply_translation([x, 100, 0])
         hand.append(finger)
+    thumb = trimesh.creation.capsule(55, 11)
+    thumb.apply_transform(trimesh.transformations.rotation_matrix(1.0, [0, 0, 1]))
+    thumb.apply_translation([-60, 10, 5])
+    hand.append(thumb)
     return {
         "sphere": ball,
         "cube": trimesh.creation.box([200] * 3).subdivide().subdivide().subdivide().subdivide(),
