@@ -145,7 +145,7 @@ def test_fit_folder_is_resumable_and_reports_non_faces(checkpoint, synth_corpus,
     face.export(scans / "face.ply")
     trimesh.creation.icosphere(3, radius=80).export(scans / "sub" / "ball.stl")
     args = ["fit", str(scans), "--out", str(out), "--checkpoint", str(checkpoint)]
-    args += ["--iterations", "3", "--resolution", "32"]
+    args += ["--iterations", "3", "--resolution", "32", "--keep-poor"]  # a toy network fits poorly
     assert main(args) == 1  # one scan failed
     assert "does not look like a face" in (out / "sub" / "ball.error.txt").read_text()
     fitted = trimesh.load(out / "face.ply", process=False)

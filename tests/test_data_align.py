@@ -1,5 +1,7 @@
 """Alignment: synthetic scans in random poses and units, manual fallback, non-faces, huge meshes."""
 
+import json
+
 import numpy as np
 import pytest
 import trimesh
@@ -8,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from imface.errors import MeshError
 from imface.scan.align import Alignment, align_from_landmarks, align_scan, template
 from imface.scan.load import load_scan
-from tests.data_fixtures import load_synth, synth_corpus  # noqa: F401
+from tests.data_fixtures import load_synth, model_frame, synth_corpus  # noqa: F401
 
 UNIT_PER_MM = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
 
@@ -76,15 +78,93 @@ def test_manual_landmarks_recover_a_similarity():
         align_from_landmarks(np.outer(np.arange(5), [1.0, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("shape", ["sphere", "cube"])
-def test_non_faces_are_refused(shape):
-    mesh = (
-        trimesh.creation.icosphere(4, radius=0.1)
-        if shape == "sphere"
-        else trimesh.creation.box([0.2, 0.2, 0.2]).subdivide().subdivide().subdivide()
+def non_faces() -> dict[str, trimesh.Trimesh]:
+    """Head-sized non-faces (mm): smooth ones that hug a face's cheeks, edged ones with a
+    nose-like corner, and random blobs and a hand."""
+    rng = np.random.default_rng(0)
+    ball = trimesh.creation.icosphere(4, radius=100)
+    n = ball.vertex_normals
+    bumps = sum(
+        rng.normal() * 15 * np.sin(n @ rng.normal(size=3) * rng.uniform(1, 3) + rng.uniform(0, 6))
+        for _ in range(6)
     )
-    with pytest.raises(MeshError, match="does not look like a face.*residual of [0-9.]+ mm"):
-        align_scan(mesh.vertices, mesh.faces)
+    hand = [trimesh.creation.box([90, 100, 30])]
+    for i, x in enumerate([-33, -11, 11, 33]):
+        finger = trimesh.creation.capsule(70 + 10 * (i % 2), 9)
+        finger.apply_translation([x, 100, 0])
+        hand.append(finger)
+    thumb = trimesh.creation.capsule(55, 11)
+    thumb.apply_transform(trimesh.transformations.rotation_matrix(1.0, [0, 0, 1]))
+    thumb.apply_translation([-60, 10, 5])
+    hand.append(thumb)
+    return {
+        "sphere": ball,
+        "cube": trimesh.creation.box([200] * 3).subdivide().subdivide().subdivide().subdivide(),
+        "torus": trimesh.creation.torus(100, 35),
+        "ellipsoid": trimesh.Trimesh(ball.vertices * [0.8, 1.1, 0.95], ball.faces),
+        "cylinder": trimesh.creation.cylinder(80, 200, sections=64).subdivide().subdivide(),
+        "blob": trimesh.Trimesh(ball.vertices + n * bumps[:, None], ball.faces),
+        "hand": trimesh.util.concatenate(hand),
+    }
+
+
+@pytest.mark.parametrize("shape", list(non_faces()))
+def test_non_faces_are_refused_in_their_unit(shape):
+    mesh = non_faces()[shape]
+    with pytest.raises(MeshError, match="does not look like a face.*residual of [0-9.]+ mm.*by hand"):
+        align_scan(mesh.vertices, mesh.faces, unit="mm")
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cube"])
+def test_non_faces_are_refused_at_any_scale(shape):
+    """No unit given: the scale search (free scale) must not make a face of them either."""
+    mesh = non_faces()[shape]
+    with pytest.raises(MeshError, match="does not look like a face"):
+        align_scan(mesh.vertices * 0.37, mesh.faces)
+
+
+def test_arbitrary_unit_is_recovered_from_the_face(synth_corpus):  # noqa: F811
+    """A face in its own unit (37 mm per unit: no unit fits) is accepted at the face's scale."""
+    v, f, meta = load_synth(synth_corpus, "002/1_neutral")
+    posed, truth, _, k, r, shift = _posed(v, meta, np.random.default_rng(3), 30)
+    mm_per_unit = 37.0
+    al = align_scan(posed / k / mm_per_unit, f)
+    s_true = mm_per_unit / 100.0  # model units (100 mm) per scan unit
+    assert al.unit is None and abs(al.scale / s_true - 1) < 0.1, (al.scale, s_true)
+
+
+def test_given_unit_is_kept_on_a_cut_noisy_face(synth_corpus):  # noqa: F811
+    """Forehead and chin cut, noise and 3 mm stair steps (like CT skin): the given unit's scale
+    stays (a free scale would drift) and the face is accepted."""
+    v, f, meta = load_synth(synth_corpus, "001/2_smile")
+    m = model_frame(v, meta)
+    keep = np.all((m[f][:, :, 1] < 0.55) & (m[f][:, :, 1] > -0.75), axis=1)
+    rng = np.random.default_rng(4)
+    noisy = v + rng.normal(0, 0.3, v.shape)
+    noisy[:, 1] = np.round(noisy[:, 1] / 3.0) * 3.0 + 0.4 * (noisy[:, 1] - np.round(noisy[:, 1] / 3.0) * 3.0)
+    al = align_scan(noisy, f[keep], unit="mm")
+    assert al.unit == "mm" and al.scale == pytest.approx(0.01)
+    nose = al.to_model(np.asarray(meta["nose_tip"])[None])[0]
+    assert np.linalg.norm(nose - [0, 0, 0.4]) < 0.04  # within 4 mm of the model's nose tip
+
+
+def test_landmarks_start_the_alignment(synth_corpus, tmp_path):  # noqa: F811
+    """5 or 7 landmarks in the scan frame (a file, JSON or text) replace the search."""
+    from imface.scan.align import LANDMARKS7_IBUG68
+    from imface.scan.load import load_landmarks
+
+    v, f, meta = load_synth(synth_corpus, "002/2_smile")
+    posed, truth, unit, k, r, shift = _posed(v, meta, np.random.default_rng(8), 170)
+    lm = np.asarray(meta["landmarks68"]) @ r.T * k + shift
+    (tmp_path / "lm.json").write_text(json.dumps({"landmarks": lm[list(LANDMARKS7_IBUG68)].tolist()}))
+    np.savetxt(tmp_path / "lm.txt", lm[[36, 45, 30, 48, 54]], delimiter=", ")
+    for name in ("lm.json", "lm.txt"):
+        al = align_scan(posed, f, landmarks=load_landmarks(tmp_path / name))
+        rot, nose, scale = errors(al, truth, np.asarray(meta["nose_tip"]) @ r.T * k + shift)
+        assert al.unit == unit and rot < 3 and nose < 2 and scale < 1e-6
+    (tmp_path / "four.txt").write_text("\n".join("1 2 3" for _ in range(4)))
+    with pytest.raises(MeshError, match="four.txt: expected 5 or 7 points"):
+        load_landmarks(tmp_path / "four.txt")
 
 
 def _write_binary_ply(path, v, f):

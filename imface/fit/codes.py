@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from imface.config import FitConfig, LossWeights
 from imface.errors import UserError
 from imface.model import Codes, ImFace, spatial_gradient
+from imface.units import MM_PER_UNIT
 
 ProgressFn = Callable[[dict], None]
 
@@ -40,6 +41,7 @@ class CodeFit:
     iterations: int
     seconds: float
     history: list[float] = field(default_factory=list)
+    restarts: int = 1  # restarts run in all (a poor fit is retried with more)
 
 
 def _is_cancelled(cancel) -> bool:
@@ -103,7 +105,7 @@ def fit_codes(
             for group in optimizer.param_groups:  # cosine decay to 5 % of the initial rate
                 group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations)))
             points = _points_for_iteration(cfg, it)
-            batch = _draw(samples, points, generator, device)
+            batch = _draw(samples, points, generator, device, it)
             per_restart = _restart_losses(model, params, batch, w, cfg, restarts)
             optimizer.zero_grad(set_to_none=True)
             per_restart.sum().backward()
@@ -138,10 +140,20 @@ def _points_for_iteration(cfg: FitConfig, it: int) -> int:
     return max(256, int(cfg.points_per_step * fraction))
 
 
-def _draw(samples, count: int, generator, device) -> dict[str, torch.Tensor]:
+def _draw(samples, count: int, generator, device, iteration: int = 0) -> dict[str, torch.Tensor]:
+    """`count` samples, half on the surface: fixed by the samples' hashes when they have them
+    (the same batches whatever the scan's pose), else drawn at random."""
     half = count // 2
-    pick_s = torch.randint(samples["surface_points"].shape[0], (half,), generator=generator).to(device)
-    pick_u = torch.randint(samples["space_points"].shape[0], (count - half,), generator=generator).to(device)
+    if "surface_hash" in samples:
+        from imface.fit.samples import batch_mask
+
+        n_s, n_u = len(samples["surface_hash"]), len(samples["space_hash"])
+        pick_s = batch_mask(samples["surface_hash"], iteration, half / n_s)
+        pick_u = batch_mask(samples["space_hash"], iteration, (count - half) / n_u)
+    else:
+        n_s, n_u = samples["surface_points"].shape[0], samples["space_points"].shape[0]
+        pick_s = torch.randint(n_s, (half,), generator=generator).to(device)
+        pick_u = torch.randint(n_u, (count - half,), generator=generator).to(device)
     return {
         "surface_points": samples["surface_points"][pick_s],
         "surface_normals": samples["surface_normals"][pick_s],
@@ -177,6 +189,20 @@ def _restart_losses(
 
 
 # -- whole scans ---------------------------------------------------------------------------
+# A fit is poor when the scan lies this far from it: the median over the scan's face region
+# (real faces fit to 0.3-1.2 mm, CT stair steps included; a fit that lost the face is >= 4 mm)
+POOR_MEDIAN_MM = 2.5
+POOR_WITHIN_5MM = 0.7  # and at least this share of the scan within 5 mm of the fit
+
+
+class FitFailed(UserError):
+    """The fit ended far from the scan even after its restarts; `report` says how far."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass
 class FitResult:
     codes: Codes
@@ -196,58 +222,134 @@ def fit_scan(
     preview_every: int = 0,
     progress: ProgressFn | None = None,
     cancel=None,
+    unit: str | None = None,
+    landmarks=None,
+    on_poor_fit: str = "raise",
 ) -> FitResult:
-    """Load (if a path), align, preprocess and fit one scan; the mesh comes back in the scan frame.
+    """Load (if a path), align, sample and fit one scan (mesh or point cloud); the mesh comes
+    back in the scan frame.
 
-    alignment: a known scan -> model transform (e.g. `align_from_landmarks` of 5 picked points)
-    instead of the automatic one. preview_every > 0 adds a coarse "mesh" (vertices in the scan
-    frame, faces) to every n-th progress report, for live display.
+    alignment: a known scan -> model transform instead of the automatic one. unit: the scan's
+    unit ('m', 'cm', 'mm'; else guessed). landmarks: 5 or 7 points in the scan frame that start
+    the alignment (`imface.scan.align.template_landmarks`). preview_every > 0 adds a coarse
+    "mesh" (vertices in the scan frame, faces) to every n-th progress report. A fit that ends
+    far from the scan is restarted; if it stays far, `on_poor_fit="raise"` raises FitFailed and
+    "flag" returns it with report["ok"] False and report["warning"].
     """
     from imface.extract import face_mesh
-    from imface.metrics import SurfaceSample, compare_samples, sample_in_region
-    from imface.samples.preprocess import preprocess_mesh
+    from imface.fit.samples import scan_samples
     from imface.scan.align import align_scan
-    from imface.scan.load import load_scan
+    from imface.scan.load import load_scan, parse_unit
 
     cfg = config or FitConfig()
     started = time.perf_counter()
+    unit = parse_unit(unit)
     if not hasattr(scan, "vertices"):
-        scan = load_scan(scan)
-    if scan.faces is None:
-        where = scan.path or "the scan"
-        raise UserError(f"{where}: fitting a bare point cloud needs a mesh; reconstruct a surface first")
+        scan = load_scan(scan, unit)
+    where = getattr(scan, "path", "") or ""
     if alignment is None:
-        alignment = align_scan(scan.vertices, scan.faces, path=str(scan.path))
-    model_vertices = alignment.to_model(scan.vertices)
-    samples = _scan_samples(model_vertices, scan.faces, preprocess_mesh)
-    stats = checkpoint.stats
-    fit = fit_codes(
-        checkpoint.model,
-        samples,
-        cfg,
-        init_id=stats["id"].mean if cfg.init == "mean" else None,
-        init_exp=stats["exp"].mean if cfg.init == "mean" else None,
-        spread=(float(stats["id"].std.mean()), float(stats["exp"].std.mean())),
-        progress=_with_previews(progress, preview_every, checkpoint.model, alignment),
-        cancel=cancel,
-    )
+        alignment = align_scan(scan.vertices, scan.faces, unit=unit, path=where, landmarks=landmarks)
+    aligned = time.perf_counter()
+    samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
+    sampled = time.perf_counter()
+    fit, distances = _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel)
+    report = _report(fit, distances, alignment, started)
+    report["align_seconds"] = round(aligned - started, 2)
+    report["sample_seconds"] = round(sampled - aligned, 2)
+    if not report["ok"]:
+        report["warning"] = (
+            f"{where + ': ' if where else ''}the fit stays far from the scan (median "
+            f"{report['scan_to_fit_median_mm']:.1f} mm, {report['scan_within_5mm']:.0f}% within 5 mm; "
+            f"need <= {POOR_MEDIAN_MM} mm and >= {100 * POOR_WITHIN_5MM:.0f}%) after "
+            f"{report['restarts']} restarts: check the alignment, or give --landmarks"
+        )
+        if on_poor_fit == "raise":
+            raise FitFailed(report["warning"], report)
+    extracting = time.perf_counter()
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
-    scan_vertices = alignment.to_scan(mesh.vertices)
-    # accuracy against the scan in the model frame (mm), inside the protocol's region: the
-    # 100 mm sphere the scan was cropped to (the extraction cube's corners lie outside it)
-    fitted = sample_in_region(mesh.vertices, mesh.faces, 50_000, np.zeros(3), 1.0)
-    target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
-    scores = compare_samples(fitted, SurfaceSample(*target))
-    report = {
+    report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
+    _add_surface_scores(report, mesh, samples)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return FitResult(fit.codes, alignment.to_scan(mesh.vertices), mesh.faces, alignment, report)
+
+
+def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
+    """The fit from the mean code; if it ends far from the scan, once more with restarts
+    spread by the training codes' std (optimised as one batch), keeping the closer one."""
+    stats = checkpoint.stats
+    spread = (float(stats["id"].std.mean()), float(stats["exp"].std.mean()))
+    model = checkpoint.model
+
+    def run(c: FitConfig):
+        fit = fit_codes(
+            model,
+            samples,
+            c,
+            init_id=stats["id"].mean if c.init == "mean" else None,
+            init_exp=stats["exp"].mean if c.init == "mean" else None,
+            spread=spread,
+            progress=_with_previews(progress, preview_every, model, alignment),
+            cancel=cancel,
+        )
+        return fit, scan_to_fit_mm(model, fit.codes, samples)
+
+    fit, distances = run(cfg)
+    fit.restarts = cfg.restarts
+    if _is_poor(distances) and cfg.restarts < RETRY_RESTARTS:
+        retry = replace(cfg, restarts=RETRY_RESTARTS, iterations=int(cfg.iterations * 1.5), seed=cfg.seed + 1)
+        fit2, distances2 = run(retry)
+        fit2.restarts = cfg.restarts + RETRY_RESTARTS
+        if np.median(distances2) < np.median(distances):
+            return fit2, distances2
+        fit.restarts = fit2.restarts
+    return fit, distances
+
+
+RETRY_RESTARTS = 6
+
+
+def _is_poor(distances_mm) -> bool:
+    return bool(np.median(distances_mm) > POOR_MEDIAN_MM or np.mean(distances_mm < 5.0) < POOR_WITHIN_5MM)
+
+
+def scan_to_fit_mm(model: ImFace, codes: Codes, samples) -> np.ndarray:
+    """Distance (mm) from each surface sample of the scan to the fitted surface: |SDF| (the
+    fitted SDF is metric near its zero set), no mesh needed."""
+    from imface.extract import face_sdf
+
+    sdf = face_sdf(model, codes)
+    pts = samples["surface_points"]
+    out = [sdf(pts[i : i + 32768]).abs() for i in range(0, len(pts), 32768)]
+    return torch.cat(out).cpu().numpy().astype(np.float64) * MM_PER_UNIT
+
+
+def _report(fit, distances, alignment, started) -> dict:
+    return {
+        "ok": not _is_poor(distances),
         "seconds": round(time.perf_counter() - started, 2),
         "fit_seconds": round(fit.seconds, 2),
         "iterations": fit.iterations,
+        "restarts": getattr(fit, "restarts", 1),
         "loss": fit.loss,
+        "scan_to_fit_median_mm": float(np.median(distances)),
+        "scan_to_fit_p90_mm": float(np.quantile(distances, 0.9)),
+        "scan_within_5mm": float(100 * np.mean(distances < 5.0)),
         "alignment_transform": np.asarray(alignment.transform).tolist(),
         "alignment_residual_mm": float(getattr(alignment, "residual_mm", float("nan"))),
-        **scores,
+        "alignment_scale": float(getattr(alignment, "scale", float("nan"))),
+        "unit": getattr(alignment, "unit", None),
     }
-    return FitResult(fit.codes, scan_vertices, mesh.faces, alignment, report)
+
+
+def _add_surface_scores(report: dict, mesh, samples) -> None:
+    """Chamfer and F-scores against the scan in the model frame (mm), inside the protocol's
+    region: the 100 mm sphere the scan was cropped to (the extraction cube's corners lie
+    outside it)."""
+    from imface.metrics import SurfaceSample, compare_samples, sample_in_region
+
+    fitted = sample_in_region(mesh.vertices, mesh.faces, 50_000, np.zeros(3), 1.0)
+    target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
+    report.update(compare_samples(fitted, SurfaceSample(*target)))
 
 
 def _with_previews(progress, every: int, model: ImFace, alignment):
@@ -266,23 +368,13 @@ def _with_previews(progress, every: int, model: ImFace, alignment):
     return report
 
 
-def _scan_samples(vertices, faces, preprocess) -> dict[str, torch.Tensor]:
-    if faces is None:
-        raise UserError("fitting a bare point cloud needs a mesh; reconstruct a surface first")
-    s = preprocess(vertices, faces, n_surface=60_000, n_space=15_000)
-    return {
-        "surface_points": torch.from_numpy(np.asarray(s.surface_points, dtype=np.float32)),
-        "surface_normals": torch.from_numpy(np.asarray(s.surface_normals, dtype=np.float32)),
-        "space_points": torch.from_numpy(np.asarray(s.space_points, dtype=np.float32)),
-        "space_sdf": torch.from_numpy(np.asarray(s.space_sdf, dtype=np.float32)),
-    }
-
-
 # -- CLI -------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     from imface.io import DEFAULT_CHECKPOINT
 
-    parser.add_argument("scan", help="a mesh file (OBJ, PLY, STL, OFF, GLB), or a folder of them")
+    parser.add_argument(
+        "scan", help="a mesh (OBJ, PLY, STL, OFF, GLB) or point cloud (PLY, XYZ, NPY), or a folder of them"
+    )
     parser.add_argument(
         "--out",
         required=True,
@@ -294,11 +386,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=FitConfig.iterations)
     parser.add_argument("--restarts", type=int, default=FitConfig.restarts)
     parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument(
+        "--unit", choices=("auto", "m", "cm", "mm"), default="auto", help="the scan's unit (default: guessed)"
+    )
+    parser.add_argument(
+        "--landmarks",
+        help="5 or 7 points in the scan's frame (JSON list or text, one x y z a line) to start "
+        "the alignment: outer eye corners, nose tip, mouth corners; or eye corners (right outer, "
+        "right inner, left inner, left outer), nose tip, mouth corners",
+    )
+    parser.add_argument(
+        "--keep-poor",
+        action="store_true",
+        help="write a fit that stays far from the scan (flagged in the report)",
+    )
 
 
 def run(args) -> int:
     from imface.io import MESH_FORMATS, load_checkpoint
     from imface.paths import check_output_file, check_output_folder
+    from imface.scan.load import load_landmarks
 
     if Path(args.scan).is_dir():  # refuse an unwritable or wrong output before the long fit
         check_output_folder(args.out)
@@ -309,13 +416,21 @@ def run(args) -> int:
                 check_output_file(extra)
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = FitConfig(iterations=args.iterations, restarts=args.restarts)
+    options = {
+        "unit": args.unit,
+        "landmarks": load_landmarks(args.landmarks) if args.landmarks else None,
+        "on_poor_fit": "flag" if args.keep_poor else "raise",
+    }
     if Path(args.scan).is_dir():
-        return fit_folder(checkpoint, Path(args.scan), Path(args.out), cfg, args.resolution)
-    result = fit_scan(checkpoint, args.scan, cfg, resolution=args.resolution)
+        if options["landmarks"] is not None:
+            raise UserError("--landmarks is for one scan, not a folder")
+        return fit_folder(checkpoint, Path(args.scan), Path(args.out), cfg, args.resolution, **options)
+    result = fit_scan(checkpoint, args.scan, cfg, resolution=args.resolution, **options)
     _write_fit(
         result, checkpoint, Path(args.out), args.report and Path(args.report), args.codes and Path(args.codes)
     )
-    print(json.dumps({k: result.report[k] for k in ("seconds", "iterations", "chamfer_mm", "fscore_1mm")}))
+    keys = ("ok", "seconds", "iterations", "chamfer_mm", "fscore_1mm", "scan_to_fit_median_mm", "unit")
+    print(json.dumps({k: result.report.get(k) for k in keys}))
     return 0
 
 
@@ -335,13 +450,16 @@ def _write_fit(result: FitResult, checkpoint, mesh_path: Path, report: Path | No
 
 
 def scans_in(folder: Path) -> list[Path]:
-    """Mesh files under `folder` (recursively, sorted); point clouds cannot be fitted."""
-    from imface.scan.load import MESH_SUFFIXES
+    """Scan files (meshes and point clouds) under `folder`, recursively, sorted."""
+    from imface.scan.load import MESH_SUFFIXES, POINT_SUFFIXES
 
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+    suffixes = MESH_SUFFIXES | POINT_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def fit_folder(checkpoint, folder: Path, out: Path, config: FitConfig, resolution: int = 128) -> int:
+def fit_folder(
+    checkpoint, folder: Path, out: Path, config: FitConfig, resolution: int = 128, **options
+) -> int:
     """Fit every scan of a folder into OUT/<relative path>.ply (+ .report.json, .codes.json).
 
     Resumable: scans whose report exists are skipped, so an interrupted run loses at most the scan
@@ -351,7 +469,7 @@ def fit_folder(checkpoint, folder: Path, out: Path, config: FitConfig, resolutio
 
     scans = scans_in(folder)
     if not scans:
-        raise UserError(f"{folder}: no mesh files (OBJ, PLY, STL, OFF, GLB) to fit")
+        raise UserError(f"{folder}: no scans (OBJ, PLY, STL, OFF, GLB, XYZ, NPY) to fit")
     done = failed = skipped = 0
     for scan in tqdm(scans, desc="fit", unit="scan"):
         stem = out / scan.relative_to(folder).with_suffix("")
@@ -362,7 +480,7 @@ def fit_folder(checkpoint, folder: Path, out: Path, config: FitConfig, resolutio
         stem.parent.mkdir(parents=True, exist_ok=True)
         error = stem.with_name(stem.name + ".error.txt")
         try:
-            result = fit_scan(checkpoint, scan, config, resolution=resolution)
+            result = fit_scan(checkpoint, scan, config, resolution=resolution, **options)
         except UserError as exc:
             error.write_text(f"{exc}\n")
             failed += 1

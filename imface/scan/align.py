@@ -4,14 +4,18 @@ The model frame: 1 unit = 100 mm, face looking +z, y up, nose tip at (0, 0, 0.4)
 alignment is a similarity ``x_model = s R x_scan + t`` kept as a 4x4 matrix, so any result in the
 model frame can be taken back to the scan's own frame and unit (``Alignment.to_scan``).
 
-Automatic alignment (no landmarks): the scan's unit gives the scale (guessed from its size unless
-given; a free-scale fit overrides it only when far off). 300 rotations covering SO(3), each with
-one of the scan's two most forward bumps on the template nose tip, run a short trimmed
-point-to-plane ICP (batched) against the template face (resources/template_face.npz, the
-average Anny face); the best 8 run a longer one; the winner is refined on the upper face (above
-the upper lip), which expressions hardly move. The nose tip is then snapped to (0, 0, 0.4)
-(noses differ in length; ICP fits the whole face). A face that fits badly (RMS residual, or
-too few template points matched) is refused: it is not a face, or not one we can place.
+Automatic alignment (no landmarks): 300 rotations covering SO(3), each with one of the scan's
+two most forward bumps on the template nose tip, run a short trimmed point-to-plane ICP
+(batched) against the template face (resources/template_face.npz, the average Anny face); the
+best 8 run a longer one; the winner is refined on the whole face, then on the upper face (above
+the upper lip), which expressions hardly move, and the nose tip is snapped to (0, 0, 0.4).
+
+Scale: the given unit is kept. Otherwise the unit guessed from the size is tried first and kept
+when a face fits at it (a free scale would drift on cut or partial scans); when it does not,
+scales from the scan's own size are searched with a free scale, snapped to a unit within 20 %.
+
+Not a face: decided by ``FaceEvidence`` (the whole template matched *and* a nose where the
+template has one), calibrated on real and synthetic faces and a non-face corpus.
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from imface.errors import MeshError
-from imface.scan.load import UNITS, guess_unit
+from imface.scan.load import guess_unit
+from imface.units import MM_PER_UNIT, UNITS
 
 TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
 NOSE = np.array([0.0, 0.0, 0.4])
 MODEL_UNIT_M = 0.1  # one model unit in metres
-MAX_RESIDUAL_MM = 4.0
-MIN_INLIERS = 0.8
 # Above this model-frame height (15 mm below the nose tip) the face is nearly rigid under
 # expressions: the final fit (and the synthetic corpus's frontal frame) uses only that part.
 UPPER_Y = -0.15
@@ -42,7 +45,8 @@ class Alignment:
     scale: float  # s (model units per scan unit)
     residual_mm: float  # RMS ICP residual of the matched template points, in mm
     inlier_fraction: float = 1.0  # template points matched within 5 mm
-    unit: str | None = None  # the scan unit the scale came from
+    unit: str | None = None  # the scan unit the scale came from (None: its own arbitrary unit)
+    nose_fraction: float = 1.0  # template nose points matched within 4 mm
 
     @property
     def rotation(self) -> np.ndarray:
@@ -55,6 +59,7 @@ class Alignment:
             self.residual_mm,
             self.inlier_fraction,
             self.unit,
+            self.nose_fraction,
         )
 
     def to_model(self, points) -> np.ndarray:
@@ -70,6 +75,7 @@ class Alignment:
             "residual_mm": self.residual_mm,
             "inlier_fraction": self.inlier_fraction,
             "unit": self.unit,
+            "nose_fraction": self.nose_fraction,
         }
 
     @classmethod
@@ -80,6 +86,7 @@ class Alignment:
             float(d["residual_mm"]),
             float(d.get("inlier_fraction", 1.0)),
             d.get("unit"),
+            float(d.get("nose_fraction", 1.0)),
         )
 
 
@@ -132,6 +139,7 @@ class Template:
         self.coarse = rng.permutation(len(self.points))[:400]
         self.fine = rng.permutation(len(self.points))[:3000]
         self.upper = self.fine[self.points[self.fine, 1] > UPPER_Y]
+        self.nose = np.flatnonzero(np.linalg.norm(self.points - NOSE, axis=1) < 0.25)
 
     def region(self, p, upper=False):
         """Points where the template has surface: near its centre and in front of its back
@@ -169,7 +177,7 @@ def scan_points(vertices, faces, n=20_000, rng=None):
     return v
 
 
-def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False):
+def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False, tol=0.0):
     """Trimmed ICP between the template face and the scan; returns the refined scan->model
     matrix, the trimmed RMS (model units), the fraction of template points matched within 5 mm,
     and the template-point distances.
@@ -201,7 +209,10 @@ def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upp
             b = np.vstack([b, tmpl.points[nn2[k2]]])
             n = np.vstack([n, tmpl.normals[nn2[k2]]])
         if plane:
-            m = _point_to_plane(a, b, n, scale_free) @ m
+            step = _point_to_plane(a, b, n, scale_free)
+            m = step @ m
+            if np.abs(step - np.eye(4)).max() < tol:  # converged: one last evaluation
+                iters = it + 1
         else:
             s, r, t = similarity(a, b, scale=None if scale_free else 1.0)
             m = _matrix(s, r, t) @ m
@@ -305,6 +316,108 @@ def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120
     return mats, rms - 0.02 * (d < 0.05).mean(1)
 
 
+@dataclass
+class FaceEvidence:
+    """What tells a face from a non-face once the template is placed on it.
+
+    A face has the template's whole surface under it (small trimmed RMS, most template points
+    matched) *and* a nose where the template has one: spheres, ellipsoids, cylinders and blobs
+    can hug the cheeks and forehead but have no nose; a cube's corner can pass for a nose but
+    not for the cheeks around it. Thresholds come from synthetic adults, real scans (cut,
+    noisy, stair-stepped CT skin) and a non-face corpus (tests/test_data_align.py).
+    """
+
+    residual_mm: float  # trimmed RMS of the upper face, mm
+    inlier_fraction: float  # template points within 5 mm of the scan
+    nose_fraction: float  # template nose points (25 mm around the tip) within 4 mm
+    free_scale: bool = False  # the scale was fitted too (one more freedom to look like a face)
+
+    MIN_NOSE = 0.55
+
+    @property
+    def max_residual_mm(self) -> float:
+        return 4.5 if self.free_scale else 5.0
+
+    @property
+    def min_inliers(self) -> float:
+        return 0.6 if self.free_scale else 0.55
+
+    @property
+    def is_face(self) -> bool:
+        return (
+            self.residual_mm <= self.max_residual_mm
+            and self.inlier_fraction >= self.min_inliers
+            and self.nose_fraction >= self.MIN_NOSE
+        )
+
+    @property
+    def score(self) -> float:
+        """Higher is more face-like (to choose between scale hypotheses)."""
+        return self.nose_fraction + self.inlier_fraction - 0.1 * self.residual_mm
+
+    def describe(self) -> str:
+        return (
+            f"the template fits with an RMS residual of {self.residual_mm:.1f} mm, matches "
+            f"{100 * self.inlier_fraction:.0f}% of it within 5 mm and {100 * self.nose_fraction:.0f}% "
+            f"of its nose within 4 mm (need <= {self.max_residual_mm:.1f} mm, "
+            f">= {100 * self.min_inliers:.0f}% and >= {100 * self.MIN_NOSE:.0f}%)"
+        )
+
+
+def face_evidence(tree_scan, m, rms, inliers, free_scale=False) -> FaceEvidence:
+    """The evidence for the placement `m` (scan -> model) of the scan points in `tree_scan`."""
+    tmpl = template()
+    inv = np.linalg.inv(m)
+    d, _ = tree_scan.query(_apply(inv, tmpl.points[tmpl.nose]), workers=1)
+    d_model = d * np.cbrt(np.linalg.det(m[:3, :3]))
+    return FaceEvidence(rms * 100.0, inliers, float(np.mean(d_model < 0.04)), free_scale)
+
+
+@dataclass
+class _Placement:
+    m: np.ndarray
+    scale: float
+    unit: str | None
+    evidence: FaceEvidence
+
+
+def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
+    """Search (or refine from `start`) the pose at a scale; `free` lets the scale adjust."""
+    tmpl = template()
+    if start is None:
+        mats, score = _coarse_icp(tree, pts, tmpl, _starts(pts, scale))
+        best = None
+        for k in np.argsort(score)[:8]:
+            m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.coarse, mats[k], 12, 0.3, free, plane=True)
+            if best is None or rms - 0.02 * inl < best[0]:
+                best = (rms - 0.02 * inl, m)
+        start = best[1]
+    # the scale (when free) comes from the whole face: the upper face alone lets it drift
+    m, _, _, _ = _icp(tree, pts, tmpl, tmpl.fine, start, 12 if free else 8, 0.2, free, plane=True)
+    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
+    # converge to the fixed point (rigid, fine steps) so that the answer does not depend on
+    # where the search started: the same scan in another pose ends at the same placement
+    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 40, 0.1, False, plane=True, upper=True, tol=1e-8)
+    s = float(np.cbrt(np.linalg.det(m[:3, :3])))
+    m = _snap_nose(m, pts)
+    return _Placement(m, s if free else scale, unit, face_evidence(tree, m, rms, inl, free))
+
+
+def _size_scales(pts) -> list[float]:
+    """Scale hypotheses from the scan's own size: its RMS radius is 55-165 mm for anything
+    from a face-only scan to a bust (1.45x apart, within the free-scale ICP's reach)."""
+    radius = float(np.sqrt(np.mean(np.sum((pts - pts.mean(0)) ** 2, axis=1))))
+    return [mm / MM_PER_UNIT / radius for mm in (55.0, 80.0, 115.0, 165.0)]
+
+
+def _snap_unit(scale) -> str | None:
+    """The file unit a free scale is (faces differ in size by ~15 %; units by >= 2.54x)."""
+    for unit, metres in UNITS.items():
+        if abs(scale / (metres / MODEL_UNIT_M) - 1) < 0.2:
+            return unit
+    return None
+
+
 def align_scan(
     vertices,
     faces_or_none=None,
@@ -312,45 +425,58 @@ def align_scan(
     path: str = "",
     rng=None,
     check: bool = True,
+    landmarks=None,
 ) -> Alignment:
-    """Find the similarity taking a scan (any pose, any unit) to the model frame."""
+    """Find the similarity taking a scan (any pose, any unit) to the model frame.
+
+    unit: the scan's unit when known (its scale is then kept); otherwise the unit guessed from
+    the size is tried first and kept when the face fits at it; only when it does not, scales
+    from the scan's size are searched with a free scale, which is snapped to a unit when within
+    20 % of one (else the scan is in its own arbitrary unit). landmarks: 5 or 7 points in the
+    scan frame (see `align_from_landmarks`) that give the start instead of the search.
+    """
     v = np.asarray(vertices, dtype=np.float64)
     where = f"{path}: " if path else ""
     if len(v) < 100 or not np.isfinite(v).all():
         raise MeshError(f"{where}not enough finite points to align")
-    tmpl = template()
-    given = unit is not None
-    unit = unit or guess_unit(v)
-    scale0 = UNITS[unit] / MODEL_UNIT_M
     pts = scan_points(v, faces_or_none, rng=rng)
     tree = cKDTree(pts)
-    mats, score = _coarse_icp(tree, pts, tmpl, _starts(pts, scale0))
-    best = None
-    for k in np.argsort(score)[:8]:
-        m = mats[k]
-        m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.coarse, m, 12, 0.3, False, plane=True)
-        if best is None or rms - 0.02 * inl < best[0]:
-            best = (rms - 0.02 * inl, m, rms, inl)
-    m = best[1]
-    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.fine, m, 8, 0.2, False, plane=True)
-    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
-    s = scale0
-    if not given:  # the guessed unit may be wrong (inches, a scaled export): let scale go free
-        free = _icp(tree, pts, tmpl, tmpl.upper, m, 15, 0.1, True, plane=True, upper=True)
-        s_free = float(np.cbrt(np.linalg.det(free[0][:3, :3])))
-        if abs(s_free / scale0 - 1) > 0.25:  # heads vary less; units differ by >= 2.54x
-            m, rms, inl, _ = free
-            s, unit = s_free, None
-    m = _snap_nose(m, np.vstack([pts, v]))
-    align = Alignment(m, s, rms * 100.0, inl, unit)
-    if check and (align.residual_mm > MAX_RESIDUAL_MM or inl < MIN_INLIERS):
+    given = unit is not None
+    guess = unit or guess_unit(v)
+    scale0 = UNITS[guess] / MODEL_UNIT_M
+    if landmarks is not None:
+        start = align_from_landmarks(landmarks)
+        lm_unit = unit or _snap_unit(start.scale)
+        if lm_unit is not None:
+            start = align_from_landmarks(landmarks, scale=UNITS[lm_unit] / MODEL_UNIT_M)
+        best = _place(tree, pts, start.scale, lm_unit, start=start.transform, free=lm_unit is None)
+    else:
+        best = _place(tree, pts, scale0, guess)
+        if not given and not best.evidence.is_face:
+            best = _search_scale(tree, pts, best)
+    e = best.evidence
+    align = Alignment(best.m, best.scale, e.residual_mm, e.inlier_fraction, best.unit, e.nose_fraction)
+    if check and not e.is_face:
         raise MeshError(
-            f"{where}does not look like a face: the template fits with an RMS "
-            f"residual of {align.residual_mm:.1f} mm and matches "
-            f"{100 * inl:.0f}% of it within 5 mm (need <= {MAX_RESIDUAL_MM:.0f} mm "
-            f"and >= {100 * MIN_INLIERS:.0f}%); align it by hand from 5 points"
+            f"{where}does not look like a face: {e.describe()}; give its unit (--unit) or "
+            "align it by hand from 5 landmarks (--landmarks)"
         )
     return align
+
+
+def _search_scale(tree, pts, best: _Placement) -> _Placement:
+    """The guessed unit did not give a face: try scales from the scan's size, each refined
+    with a free scale, and keep the most face-like (snapped to a unit when one is close)."""
+    for scale in _size_scales(pts):
+        p = _place(tree, pts, scale, None, free=True)
+        unit = _snap_unit(p.scale)
+        if unit is not None:
+            p = _place(tree, pts, UNITS[unit] / MODEL_UNIT_M, unit, start=p.m)
+        if p.evidence.score > best.evidence.score:
+            best = p
+        if best.evidence.is_face:
+            break
+    return best
 
 
 def nose_apex(points_model, guess=NOSE):
@@ -397,11 +523,30 @@ def _snap_nose(m, pts):
     return out
 
 
+# iBUG-68 indices of the 7-point set: eye corners (right outer, right inner, left inner, left
+# outer), nose tip, mouth corners (right, left). The 5-point set is BLEND_LANDMARK_IBUG68.
+LANDMARKS7_IBUG68 = (36, 39, 42, 45, 30, 48, 54)
+
+
+def template_landmarks(count: int) -> np.ndarray:
+    """Model-frame positions of the 5- or 7-point landmark set."""
+    if count == 5:
+        return template().landmarks5
+    if count == 7:
+        return template().landmarks68[list(LANDMARKS7_IBUG68)]
+    raise MeshError(
+        f"need 5 landmarks (outer eye corners, nose tip, mouth corners) or 7 (eye corners "
+        f"outer/inner right then inner/outer left, nose tip, mouth corners), got {count}"
+    )
+
+
 def align_from_landmarks(scan_points5, model_points5=None, scale: float | None = None) -> Alignment:
-    """Manual fallback: a similarity from picked points (e.g. the 5 blend landmarks: outer eye
-    corners, nose tip, mouth corners) to their model-frame positions (template's by default)."""
+    """Manual fallback: a similarity from picked points (the 5 or 7 landmarks of
+    `template_landmarks`) to their model-frame positions (template's by default)."""
     src = np.asarray(scan_points5, dtype=np.float64)
-    dst = template().landmarks5 if model_points5 is None else np.asarray(model_points5, float)
+    if src.ndim != 2 or src.shape[-1] != 3:
+        raise MeshError(f"landmarks must be (N, 3) points, got shape {src.shape}")
+    dst = template_landmarks(len(src)) if model_points5 is None else np.asarray(model_points5, float)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
         raise MeshError(f"need matching (N >= 3, 3) point sets, got {src.shape} and {dst.shape}")
     if np.linalg.matrix_rank(src - src.mean(0), tol=1e-9 * np.abs(src).max()) < 2:

@@ -179,3 +179,30 @@ def decimate(vertices, faces, max_vertices):
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:160]
+
+
+def load_landmarks(path) -> np.ndarray:
+    """Landmarks in the scan's frame and unit: 5 or 7 points as JSON (a list of [x, y, z], or an
+    object with a "landmarks" or "points" list) or text (one point a line, spaces or commas)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"{path}: no such landmarks file")
+    text = path.read_text(errors="replace")
+    try:
+        if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+            data = json.loads(text)
+            if isinstance(data, dict):
+                data = data.get("landmarks", data.get("points"))
+            points = np.asarray(data, dtype=np.float64)
+        else:
+            rows = [r.replace(",", " ").split() for r in text.splitlines()]
+            points = np.asarray([[float(x) for x in r[:3]] for r in rows if r and not r[0].startswith("#")])
+    except (ValueError, TypeError) as exc:
+        raise MeshError(f"{path}: cannot read landmarks ({_short(exc)})") from None
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) not in (5, 7):
+        raise MeshError(f"{path}: expected 5 or 7 points of x y z, got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise MeshError(f"{path}: landmarks must be finite numbers")
+    return points
