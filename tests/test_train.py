@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from imface.config import ModelConfig, TrainConfig
+from imface.errors import UserError
 from imface.io import load_checkpoint
 from imface.train.trainer import MODEL_FILE, STATE_FILE, Dist, Trainer
 
@@ -194,3 +195,25 @@ def _state_step(path) -> int:
 
     with safe_open(str(path), framework="pt") as f:
         return int(f.metadata()["step"])
+
+
+def test_a_new_run_can_start_from_a_checkpoint_of_the_same_scans(tmp_path, sphere_cache):
+    cfg = tiny_config(epochs=10)
+    (tmp_path / "a").mkdir()
+    first = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "a", Dist())
+    first.run(max_steps=3)
+    (tmp_path / "b").mkdir()
+    second = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "b", Dist())
+    second.start_from(tmp_path / "a" / MODEL_FILE)
+    assert second.step == 3
+    for (name, a), b in zip(
+        first.decoder.state_dict().items(), second.decoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    other = tiny_config(epochs=10)
+    other.model.siren_width = 8
+    (tmp_path / "c").mkdir()
+    with pytest.raises(UserError, match="model config differs"):
+        Trainer(other, sphere_training_set(sphere_cache), tmp_path / "c", Dist()).start_from(
+            tmp_path / "a" / MODEL_FILE
+        )

@@ -302,6 +302,24 @@ class Trainer:
             self.files.trim_log(self.step)
         return True
 
+    def start_from(self, path) -> None:
+        """Weights, codes and step of a checkpoint trained on exactly these scans."""
+        from imface.io import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if ckpt.config.to_dict() != self.cfg.model.to_dict():
+            raise UserError(f"{path}: its model config differs from this run's; cannot start from it")
+        data = self.data
+        expressive = [data.keys[i] for i in range(len(data.keys)) if data.exp_index[i] >= 0]
+        if ckpt.codes.identity_labels != data.identity_names or ckpt.codes.expression_keys != expressive:
+            raise UserError(f"{path}: trained on other scans than this run's split; cannot start from it")
+        with torch.no_grad():
+            self.decoder.model.load_state_dict(ckpt.model.state_dict())
+            self.decoder.id_codes.copy_(ckpt.codes.z_id)
+            self.decoder.exp_codes[: len(expressive)].copy_(ckpt.codes.z_exp)
+        self.step = int(ckpt.meta.get("step", 0))
+        self.epoch = self.step // self.batches_per_epoch
+
     def _set_lr(self) -> None:
         scale = learning_rate_scale(self.cfg, self.epoch)
         for group in self.optimizer.param_groups:
@@ -440,6 +458,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
+    parser.add_argument(
+        "--init-from",
+        help="start a new run from a checkpoint trained on the same scans (its weights, codes and "
+        "step; a fresh optimiser): continues the shipped model where its run folder is gone",
+    )
 
 
 def build_config(args) -> TrainConfig:
@@ -485,6 +508,8 @@ def run(args) -> int:
     trainer = Trainer(cfg, data, files.root, env, log_every=args.log_every, meta=meta)
     if args.resume:
         trainer.resume()
+    elif args.init_from:
+        trainer.start_from(args.init_from)
     try:
         steps = trainer.run(args.max_steps, args.time_limit)
     finally:
