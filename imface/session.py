@@ -27,7 +27,7 @@ from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
 from imface.extract import BandCache, Mesh, MorphEngine, extract_narrow_band, face_sdf, refine
 from imface.extract.repair import MORPH_RADIUS, crop_to_region, edge_bound, repair_morph
 from imface.fit.codes import FitCancelled, fit_scan
-from imface.generate import export_rig, expression_codes, write_face
+from imface.generate import FACESCAPE_EXPRESSIONS, export_rig, expression_codes, write_face
 from imface.io import DEFAULT_CHECKPOINT, Checkpoint, CodeStats, TrainedCodes, load_checkpoint
 from imface.jobs import Cancelled, Job, Progress
 from imface.model.imface import Codes, ImFace
@@ -37,12 +37,6 @@ from imface.units import MM_PER_UNIT, UNITS
 
 __all__ = ["DEFAULT_CHECKPOINT", "AlignmentError", "CheckpointError", "MeshError", "UserError"]
 
-FACESCAPE_EXPRESSIONS = (
-    "1_neutral", "2_smile", "3_mouth_stretch", "4_anger", "5_jaw_left", "6_jaw_right",
-    "7_jaw_forward", "8_mouth_left", "9_mouth_right", "10_dimpler", "11_chin_raiser",
-    "12_lip_puckerer", "13_lip_funneler", "14_sadness", "15_lip_roll", "16_grin",
-    "17_cheek_blowing", "18_eye_closed", "19_brow_raiser", "20_brow_lower",
-)  # fmt: skip
 
 # name -> (fine grid, coarse grid). 256^3 is the official grid; on a 2-core CPU a 96^3 narrow
 # band of the shipped model takes about 1-2 s, 128^3 about 3-6 s.

@@ -31,7 +31,13 @@ def write_registered_sphere_cache(root, identities=2, expressions=2):
         for e in range(expressions):
             key = f"{i:03d}/{e + 1}_expr"
             records.append(
-                {"key": key, "identity": f"{i:03d}", "expression": f"{e + 1}_expr", "neutral": e == 0, "dir": key}
+                {
+                    "key": key,
+                    "identity": f"{i:03d}",
+                    "expression": f"{e + 1}_expr",
+                    "neutral": e == 0,
+                    "dir": key,
+                }
             )
             folder = root / key
             folder.mkdir(parents=True)
@@ -59,7 +65,9 @@ def template_gap(trainer, cache_faces, root):
         points.append(torch.from_numpy(np.load(root / data.keys[scan] / "registered_vertices.npy")))
     with torch.no_grad():
         ids = torch.tensor([data.identity_of_scan[s] for s in neutral])
-        codes = Codes(decoder.id_codes[ids], torch.zeros(2, decoder.exp_codes.shape[1]), torch.ones(2, dtype=bool))
+        codes = Codes(
+            decoder.id_codes[ids], torch.zeros(2, decoder.exp_codes.shape[1]), torch.ones(2, dtype=bool)
+        )
         prep = decoder.model.prepare(codes)
         stacked = torch.cat(points)
         index = torch.arange(2).repeat_interleave(points[0].shape[0])
