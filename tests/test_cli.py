@@ -152,7 +152,11 @@ def test_fit_folder_is_resumable_and_reports_non_faces(checkpoint, synth_corpus,
     assert np.linalg.norm(fitted.vertices.mean(0) - face.vertices.mean(0)) < 0.05  # back on the scan
     assert np.ptp(fitted.vertices, axis=0).max() < 0.3  # in the scan's unit (m)
     report = json.loads((out / "face.report.json").read_text())
-    assert report["iterations"] == 3 and len(json.loads((out / "face.codes.json").read_text())["z_id"]) == 10
+    # a poor fit is retried once with restarts and 1.5x the iterations (the toy network fits poorly)
+    assert (
+        report["iterations"] in (3, 4)
+        and len(json.loads((out / "face.codes.json").read_text())["z_id"]) == 10
+    )
     capsys.readouterr()
     main(args)  # resumes: the finished scan is skipped, the failed one retried
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

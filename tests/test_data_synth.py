@@ -49,8 +49,12 @@ def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
 def test_deterministic_for_a_seed(tmp_path, synth_corpus):  # noqa: F811
     from imface.corpus.synth import Recipe, write_corpus
 
-    write_corpus(tmp_path / "a", 1, Recipe(seed=3, extra=0, only=("2_smile",)), progress=False)
-    write_corpus(tmp_path / "b", 1, Recipe(seed=4, extra=0, only=("2_smile",)), progress=False)
+    write_corpus(
+        tmp_path / "a", 1, Recipe(seed=3, extra=0, only=("2_smile",), population="moderate"), progress=False
+    )
+    write_corpus(
+        tmp_path / "b", 1, Recipe(seed=4, extra=0, only=("2_smile",), population="moderate"), progress=False
+    )
     same = (tmp_path / "a/001/2_smile.ply").read_bytes()
     assert same == (synth_corpus / "001/2_smile.ply").read_bytes()
     assert same != (tmp_path / "b/001/2_smile.ply").read_bytes()
