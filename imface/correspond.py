@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from imface.errors import UserError
 from imface.model import Codes, ImFace
+from imface.paths import atomic_output, atomic_write_text
 
 PATTERNS = ("template", "checker", "uv-grid")
 
@@ -146,9 +147,10 @@ def run(args) -> int:
         save_mesh(out / f"{name}.ply", mesh.vertices, mesh.faces, paint(template, args.pattern, image))
         faces.append(template)
     index, distance = correspondence(faces[0], faces[1])
-    np.save(out / "a_to_b.npy", index)
+    with atomic_output(out / "a_to_b.npy") as tmp:
+        np.save(tmp, index)
     summary = {"vertices_a": len(faces[0]), "vertices_b": len(faces[1])}
     summary["median_template_distance_mm"] = float(np.median(distance) * 100)
-    (out / "mapping.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "mapping.json", json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0

@@ -28,6 +28,7 @@ from imface.metrics import (
     face_regions,
 )
 from imface.model import Codes
+from imface.paths import atomic_write_text
 
 METRICS = ("chamfer_mm", "fscore_1mm", "fscore_2.5mm", "normal_consistency")
 
@@ -328,9 +329,9 @@ def run(args) -> int:
     summary.update(checkpoint=str(args.checkpoint), sha256=ckpt.sha256, split=args.split)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out, json.dumps(summary, indent=2))
     table = markdown(summary)
-    out.with_suffix(".md").write_text(table)
+    atomic_write_text(out.with_suffix(".md"), table)
     print(table)
     return 0
 

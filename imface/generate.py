@@ -18,7 +18,7 @@ import torch
 
 from imface.errors import UserError
 from imface.model import Codes, ImFace
-from imface.paths import atomic_write_text, confined, safe_name
+from imface.paths import atomic_write_bytes, atomic_write_text, confined, safe_name
 from imface.units import GLTF_UNIT, MM_PER_UNIT, UNITS
 
 # The 20 FaceScape expressions (1_neutral and 19 more); training corpora may hold other labels
@@ -170,10 +170,10 @@ def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray
     bin_chunk = b"".join(blobs)
     bin_chunk += b"\0" * (-len(bin_chunk) % 4)
     total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<III", 0x46546C67, 2, total))
-        f.write(struct.pack("<II", len(json_chunk), 0x4E4F534A) + json_chunk)
-        f.write(struct.pack("<II", len(bin_chunk), 0x004E4942) + bin_chunk)
+    header = struct.pack("<III", 0x46546C67, 2, total)
+    json_part = struct.pack("<II", len(json_chunk), 0x4E4F534A) + json_chunk
+    bin_part = struct.pack("<II", len(bin_chunk), 0x004E4942) + bin_chunk
+    atomic_write_bytes(path, header + json_part + bin_part)
     return path
 
 

@@ -7,7 +7,7 @@ import trimesh
 
 from imface.model import Codes
 from imface.train.trainer import Dist, Trainer, TrainingSet
-from tests.test_train import sphere_samples, tiny_config
+from tests.test_train import tiny_config, write_sphere_cache
 
 TURN = np.radians(40.0)  # person 1's registration is turned about z against person 0's
 
@@ -18,35 +18,17 @@ def _rotation(angle):
 
 
 def write_registered_sphere_cache(root, identities=2, expressions=2):
-    """Spheres again, now with a registered mesh per scan. A sphere looks the same however it
-    is turned, so the SDF cannot tell where a registered point belongs: only the
+    """The spheres of test_train, now with a registered mesh per scan. A sphere looks the same
+    however it is turned, so the SDF cannot tell where a registered point belongs: only the
     correspondence losses can line the people up in template space."""
-    from imface.samples.cache import write_index
-
+    write_sphere_cache(root, identities, expressions)
     ico = trimesh.creation.icosphere(2)
     np.save(root / "registered_faces.npy", ico.faces.astype(np.int32))
-    rng = np.random.default_rng(0)
-    records = []
     for i in range(identities):
         for e in range(expressions):
-            key = f"{i:03d}/{e + 1}_expr"
-            records.append(
-                {
-                    "key": key,
-                    "identity": f"{i:03d}",
-                    "expression": f"{e + 1}_expr",
-                    "neutral": e == 0,
-                    "dir": key,
-                }
-            )
-            folder = root / key
-            folder.mkdir(parents=True)
-            centre, radius = np.array([0.0, 0.05 * e, 0.0]), 0.45 + 0.05 * i
-            for name, value in sphere_samples(rng, centre, radius).items():
-                np.save(folder / f"{name}.npy", value)
+            centre, radius = np.array([0.0, 0.05 * e, 0.0]), 0.35 + 0.1 * i  # as write_sphere_cache
             registered = centre + radius * ico.vertices @ _rotation(TURN * i).T
-            np.save(folder / "registered_vertices.npy", registered.astype(np.float32))
-    write_index(root, records)
+            np.save(root / f"{i:03d}/{e + 1}_expr/registered_vertices.npy", registered.astype(np.float32))
     return root, ico
 
 
