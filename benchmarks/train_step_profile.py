@@ -59,32 +59,19 @@ def main() -> None:
         )
         full = time_steps(trainer, batch, args.repeats)
         costs = {}
-        original = {
-            "eikonal_canonical": losses._canonical_eikonal,
-            "landmarks": losses._landmark_terms,
-            "correspondence": losses.correspondence_terms,
+        # loss family -> (function in imface.train.losses, a stand-in that contributes nothing)
+        families = {
+            "eikonal_canonical": ("_canonical_eikonal", lambda *a, **k: torch.zeros(())),
+            "landmarks": ("_landmark_terms", lambda *a, **k: {}),
+            "correspondence": ("correspondence_terms", lambda *a, **k: {}),
         }
-        stand_ins = {
-            "eikonal_canonical": lambda *a, **k: torch.zeros(()),
-            "landmarks": lambda *a, **k: {},
-            "correspondence": lambda *a, **k: {},
-        }
-        for name, fn in stand_ins.items():
-            setattr(
-                losses,
-                {"eikonal_canonical": "_canonical_eikonal", "landmarks": "_landmark_terms"}.get(
-                    name, "correspondence_terms"
-                ),
-                fn,
-            )
-            costs[name] = full - time_steps(trainer, batch, args.repeats)
-            setattr(
-                losses,
-                {"eikonal_canonical": "_canonical_eikonal", "landmarks": "_landmark_terms"}.get(
-                    name, "correspondence_terms"
-                ),
-                original[name],
-            )
+        for family, (name, stand_in) in families.items():
+            original = getattr(losses, name)
+            setattr(losses, name, stand_in)
+            try:
+                costs[family] = full - time_steps(trainer, batch, args.repeats)
+            finally:
+                setattr(losses, name, original)
     points = cfg.scans_per_batch * cfg.points_per_scan
     report = {
         "benchmark": "train_step_profile",
