@@ -23,18 +23,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit.codes import fit_scan
+from imface.evaluate import pca_baseline
+from imface.fit.codes import _add_surface_scores, fit_scan
+from imface.fit.refine import refine_to_scan
+from imface.fit.samples import scan_samples
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
+from imface.samples.cache import Corpus
 from imface.scan.load import MESH_SUFFIXES, Scan, load_scan
 
 REPO = Path(__file__).resolve().parents[1]
 FROM_MM = {"m": 0.001, "cm": 0.1, "mm": 1.0}
-STAGES = ("align_seconds", "sample_seconds", "fit_seconds", "extract_seconds")
+STAGES = ("align_seconds", "sample_seconds", "fit_seconds", "extract_seconds", "detail_seconds")
 
 
 def posed(scan: Scan, pose: int, rng) -> tuple[Scan, str]:
@@ -47,28 +52,60 @@ def posed(scan: Scan, pose: int, rng) -> tuple[Scan, str]:
     return Scan(v, scan.faces, unit, scan.path), unit
 
 
-def fit_one(checkpoint, scan: Scan, cfg: FitConfig, resolution: int) -> dict:
+def fit_one(checkpoint, scan: Scan, cfg: FitConfig, resolution: int, pca=None) -> dict:
     started = time.perf_counter()
     try:
         result = fit_scan(checkpoint, scan, cfg, resolution=resolution, on_poor_fit="flag")
     except UserError as exc:
         return {"accepted": False, "error": str(exc), "seconds": round(time.perf_counter() - started, 2)}
     r = result.report
-    return {
+    row = {
         "accepted": True,
         "fit_ok": r["ok"],
         "unit": r["unit"],
-        "chamfer_mm": round(r["chamfer_mm"], 3),
-        "fscore_1mm": round(r["fscore_1mm"], 2),
+        **_scores(r),
         "scan_to_fit_median_mm": round(r["scan_to_fit_median_mm"], 3),
         "scan_to_fit_p90_mm": round(r["scan_to_fit_p90_mm"], 3),
         "seconds": round(time.perf_counter() - started, 2),
-        "stage_seconds": {
-            k: r[k] for k in ("align_seconds", "sample_seconds", "fit_seconds", "extract_seconds")
-        },
+        "stage_seconds": {k: r[k] for k in STAGES if k in r},
         "_model_vertices": result.alignment.to_model(result.vertices),
         "_codes": np.concatenate([result.codes.z_id[0].numpy(), result.codes.z_exp[0].numpy()]),
     }
+    if "codes_only" in r:
+        row["codes_only"] = _scores(r["codes_only"])
+    if pca is not None:
+        row["pca"] = pca_side_by_side(pca, scan, result.alignment)
+    return row
+
+
+def _scores(r: dict) -> dict:
+    """Chamfer and F@1mm in the 100 mm sphere, and on the scan's footprint only."""
+    out = {"chamfer_mm": round(r["chamfer_mm"], 3), "fscore_1mm": round(r["fscore_1mm"], 2)}
+    if "on_scan" in r:
+        out["on_scan_chamfer_mm"] = round(r["on_scan"]["chamfer_mm"], 3)
+        out["on_scan_fscore_1mm"] = round(r["on_scan"]["fscore_1mm"], 2)
+    return out
+
+
+def pca_side_by_side(pca, scan: Scan, alignment) -> dict:
+    """The PCA 3DMM fitted to the same samples after the same alignment, scored the same way,
+    without and with the same detail stage."""
+    samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
+    points, normals = (samples[k].numpy() for k in ("surface_points", "surface_normals"))
+    coefficients = pca.fit(points, seed=0)
+    vertices = pca.vertices(torch.from_numpy(coefficients)).detach().numpy().astype(np.float64)
+    plain: dict = {}
+    _add_surface_scores(plain, vertices, pca.faces, samples)
+    detail = refine_to_scan(vertices, pca.faces, points, normals)
+    refined: dict = {}
+    _add_surface_scores(refined, detail.apply(vertices), pca.faces, samples)
+    return {**_scores(refined), "codes_only": _scores(plain)}
+
+
+def pca_from(corpus_path: str, checkpoint):
+    corpus = Corpus.open(corpus_path)
+    train_keys, _ = corpus.split_for(checkpoint.codes.identity_labels)
+    return pca_baseline(corpus, train_keys, checkpoint.config.id_dim + checkpoint.config.exp_dim)
 
 
 def run_to_run(rows: list[dict]) -> dict | None:
@@ -114,6 +151,18 @@ def summarise(rows: list[dict]) -> dict:
     for key in ("chamfer_mm", "fscore_1mm", "scan_to_fit_median_mm", "scan_to_fit_p90_mm", "seconds"):
         if acc:
             out[f"{key}_median"] = round(float(np.median([r[key] for r in acc])), 3)
+    for key in ("on_scan_chamfer_mm", "on_scan_fscore_1mm"):
+        if acc and all(key in r for r in acc):
+            out[f"{key}_median"] = round(float(np.median([r[key] for r in acc])), 3)
+    for part in ("codes_only", "pca"):
+        for key in ("chamfer_mm", "fscore_1mm", "on_scan_chamfer_mm", "on_scan_fscore_1mm"):
+            values = [r[part][key] for r in acc if key in r.get(part, {})]
+            if values:
+                out[f"{part}_{key}_median"] = round(float(np.median(values)), 3)
+    for key in ("chamfer_mm", "on_scan_chamfer_mm"):
+        values = [r["pca"]["codes_only"][key] for r in acc if key in r.get("pca", {}).get("codes_only", {})]
+        if values:
+            out[f"pca_codes_only_{key}_median"] = round(float(np.median(values)), 3)
     return out
 
 
@@ -128,11 +177,16 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--notes", default="")
+    parser.add_argument(
+        "--pca-corpus", help="the prepared cache the checkpoint was trained on: adds the PCA 3DMM"
+    )
+    parser.add_argument("--no-detail", action="store_true", help="codes-only fits")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = FitConfig(iterations=args.iterations)
+    cfg = FitConfig(iterations=args.iterations, detail=not args.no_detail)
+    pca = pca_from(args.pca_corpus, checkpoint) if args.pca_corpus else None
     rng = np.random.default_rng(args.seed)
     real_dir = Path(args.real)
     groups: dict[str, list[Path]] = {"real": [], "synthetic": []}
@@ -152,7 +206,7 @@ def main() -> None:
                     shown, unit = posed(scan, pose, rng)
                     row = {"group": group, "scan": path.name if group == "real" else path.parent.name}
                     row |= {"pose": pose, "true_unit": unit}
-                    row |= fit_one(checkpoint, shown, cfg, args.resolution)
+                    row |= fit_one(checkpoint, shown, cfg, args.resolution, pca)
                     poses.append(row)
                     print(json.dumps(_public(row)), flush=True)
                 rows += [_public(r) for r in poses]

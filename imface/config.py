@@ -255,3 +255,6 @@ class FitConfig:
     init: Literal["mean", "zeros"] = "mean"
     embedding_weight: float = 1e2
     seed: int = 0
+    # after the codes, a regularised refinement along the normals brings the fitted mesh onto
+    # the scan where it has data (imface/fit/refine.py); False keeps the codes-only surface
+    detail: bool = True

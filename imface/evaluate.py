@@ -20,6 +20,7 @@ from imface.baseline import PCAModel, scan_region
 from imface.config import FitConfig
 from imface.errors import UserError
 from imface.fit.codes import fit_codes
+from imface.jobs import Job, Progress, drive, drive_with_tqdm, echo
 from imface.metrics import (
     LANDMARK_REGIONS,
     compare_meshes,
@@ -38,6 +39,18 @@ def _tensors(arrays, keys=("surface_points", "surface_normals", "space_points", 
     return {k: torch.tensor(np.asarray(arrays[k], dtype=np.float32)) for k in keys}
 
 
+def pca_baseline(corpus, train_keys: list[str], components: int) -> PCAModel:
+    """The linear 3DMM of the training people's registrations, over the region scans keep."""
+    meshes = np.stack([np.asarray(corpus.load(k)["registered_vertices"]) for k in train_keys])
+    faces = corpus.registered_faces
+    if faces is None:
+        raise UserError(f"{corpus.root}: no registered topology; the PCA baseline needs a synthetic corpus")
+    voters = range(0, len(train_keys), max(len(train_keys) // 20, 1))  # the crop barely varies
+    scans = [np.asarray(corpus.load(train_keys[i])["gt_vertices"]) for i in voters]
+    region = scan_region([meshes[i] for i in voters], scans)
+    return PCAModel.build(meshes, faces, components, region)
+
+
 class Evaluator:
     def __init__(
         self, checkpoint, corpus, test_keys, train_keys, fit_config: FitConfig, resolution: int, points: int
@@ -46,17 +59,7 @@ class Evaluator:
         self.test_keys, self.train_keys = test_keys, train_keys
         self.fit_config, self.resolution, self.points = fit_config, resolution, points
         self.records = {r["key"]: r for r in corpus.scans}
-        latent = checkpoint.config.id_dim + checkpoint.config.exp_dim
-        meshes = np.stack([np.asarray(corpus.load(k)["registered_vertices"]) for k in train_keys])
-        faces = corpus.registered_faces
-        if faces is None:
-            raise UserError(
-                f"{corpus.root}: no registered topology; the PCA baseline needs a synthetic corpus"
-            )
-        voters = range(0, len(train_keys), max(len(train_keys) // 20, 1))  # the crop barely varies
-        scans = [np.asarray(corpus.load(train_keys[i])["gt_vertices"]) for i in voters]
-        region = scan_region([meshes[i] for i in voters], scans)
-        self.pca = PCAModel.build(meshes, faces, latent, region)
+        self.pca = pca_baseline(corpus, train_keys, checkpoint.config.id_dim + checkpoint.config.exp_dim)
         self.fits: dict[str, dict] = {}
 
     # -- per scan --------------------------------------------------------------------------
@@ -163,6 +166,20 @@ def _mean_table(rows: list[dict]) -> dict[str, float]:
 def evaluate(
     checkpoint, corpus, test_keys, train_keys, fit_config, resolution=128, points=150_000, log=print
 ):
+    """The eval summary; `log` gets one line per fitted scan."""
+    job = evaluate_job(checkpoint, corpus, test_keys, train_keys, fit_config, resolution, points)
+    return drive(job, lambda p: log(p.message) if p.stage == FITTING and p.message else None)
+
+
+FITTING = "Fitting held-out scans"
+
+
+def evaluate_job(
+    checkpoint, corpus, test_keys, train_keys, fit_config, resolution=128, points=150_000
+) -> Job[dict]:
+    """ImFace and PCA fitted to every scan, then correspondence and expression transfer over
+    pairs; one Progress record per scan and per pair (the scan's figures in its message)."""
+    yield Progress(FITTING, 0, len(test_keys), "building the PCA baseline")
     ev = Evaluator(checkpoint, corpus, test_keys, train_keys, fit_config, resolution, points)
     per_expression: dict[str, dict[str, list]] = defaultdict(lambda: {"imface": [], "pca": []})
     per_population: dict[str, dict[str, list]] = defaultdict(lambda: {"imface": [], "pca": []})
@@ -175,9 +192,12 @@ def evaluate(
         population = ev.records[key].get("population", "unrecorded")
         per_population[population]["imface"].append(result["imface"])
         per_population[population]["pca"].append(result["pca"])
-        log(
+        yield Progress(
+            FITTING,
+            i + 1,
+            len(test_keys),
             f"[{i + 1}/{len(test_keys)}] {key}: ImFace {result['imface']['chamfer_mm']:.3f} mm, "
-            f"PCA {result['pca']['chamfer_mm']:.3f} mm"
+            f"PCA {result['pca']['chamfer_mm']:.3f} mm",
         )
     summary = {
         "scans": len(test_keys),
@@ -196,32 +216,36 @@ def evaluate(
             for p, v in sorted(per_population.items())
         },
     }
-    summary["correspondence_mm"] = _pairs_mean(ev, test_keys, ev.correspondence)
-    summary["transfer_chamfer_mm"] = _transfer_mean(ev, test_keys)
+    summary["correspondence_mm"] = yield from _pairs_mean(ev, test_keys)
+    summary["transfer_chamfer_mm"] = yield from _transfer_mean(ev, test_keys)
     return summary
 
 
-def _pairs_mean(ev: Evaluator, keys, fn) -> dict[str, float]:
-    """Pairs across identities and expressions: each scan with the scan of the next identity."""
+def _pairs_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
+    """Correspondence over pairs across identities and expressions: each scan with the scan of
+    the next identity."""
     by_identity = defaultdict(list)
     for key in keys:
         by_identity[ev.records[key]["identity"]].append(key)
     identities = sorted(by_identity)
     if len(identities) < 2:
         return {}
-    results = []
+    pairs = []
     for n, ident in enumerate(identities):
         other = by_identity[identities[(n + 1) % len(identities)]]
-        for j, key in enumerate(by_identity[ident]):
-            results.append(fn(key, other[j % len(other)]))
+        pairs += [(key, other[j % len(other)]) for j, key in enumerate(by_identity[ident])]
+    results = []
+    for j, (key_a, key_b) in enumerate(pairs):
+        results.append(ev.correspondence(key_a, key_b))
+        yield Progress("Scoring correspondence", j + 1, len(pairs), key_a)
     return {m: float(np.mean([r[m] for r in results])) for m in results[0]}
 
 
-def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
+def _transfer_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
     table = {(ev.records[k]["identity"], ev.records[k]["expression"]): k for k in keys}
     neutral = {ident: k for (ident, _), k in table.items() if ev.records[k]["neutral"]}
     identities = sorted(neutral)
-    results = []
+    triples = []
     for n, src in enumerate(identities):
         dst = identities[(n + 1) % len(identities)]
         if dst == src:
@@ -229,7 +253,11 @@ def _transfer_mean(ev: Evaluator, keys) -> dict[str, float]:
         for (ident, expression), key in table.items():
             truth = table.get((dst, expression))
             if ident == src and truth and not ev.records[key]["neutral"]:
-                results.append(ev.transfer(key, neutral[src], neutral[dst], truth))
+                triples.append((key, neutral[src], neutral[dst], truth))
+    results = []
+    for j, triple in enumerate(triples):
+        results.append(ev.transfer(*triple))
+        yield Progress("Transferring expressions", j + 1, len(triples), triple[0])
     if not results:
         return {}
     return {m: float(np.mean([r[m] for r in results])) for m in ("imface", "pca")}
@@ -325,7 +353,8 @@ def run(args) -> int:
     if not keys:
         raise UserError(f"{args.corpus}: no scans in the {args.split} split")
     cfg = FitConfig(iterations=args.iterations, points_per_step=4096)
-    summary = evaluate(ckpt, corpus, keys, train_keys, cfg, args.resolution, args.points)
+    job = evaluate_job(ckpt, corpus, keys, train_keys, cfg, args.resolution, args.points)
+    summary = drive_with_tqdm(echo(job, lambda p: p.stage == FITTING and p.message))
     summary.update(checkpoint=str(args.checkpoint), sha256=ckpt.sha256, split=args.split)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

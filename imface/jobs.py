@@ -71,8 +71,13 @@ def drive(
         return stop.value
 
 
-def drive_with_tqdm(job: Job[T], desc: str | None = None, disable: bool = False) -> T:
-    """The CLI's way to show a job: one tqdm bar per stage."""
+def drive_with_tqdm(
+    job: Job[T],
+    desc: str | None = None,
+    disable: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> T:
+    """The CLI's way to show a job: one tqdm bar per stage (`on_progress` sees every record too)."""
     from tqdm import tqdm
 
     bar = None
@@ -89,9 +94,28 @@ def drive_with_tqdm(job: Job[T], desc: str | None = None, disable: bool = False)
         if p.values:
             bar.set_postfix({k: f"{v:.4g}" for k, v in p.values.items()}, refresh=False)
         bar.refresh()
+        if on_progress is not None:
+            on_progress(p)
 
     try:
         return drive(job, show)
     finally:
         if bar is not None:
             bar.close()
+
+
+def echo(job: Job[T], wanted: Callable[[Progress], bool]) -> Job[T]:
+    """The same job, printing the message of each record `wanted` picks above the CLI's bar
+    (a per-item log that survives an interrupted run)."""
+    from tqdm import tqdm
+
+    try:
+        while True:
+            record = next(job)
+            if wanted(record):
+                tqdm.write(record.message)
+            yield record
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        job.close()

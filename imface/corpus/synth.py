@@ -33,6 +33,7 @@ import numpy as np
 from imface.corpus import anny_head
 from imface.corpus.detail import displacement_mm
 from imface.errors import UserError
+from imface.jobs import Job, Progress, drive_with_tqdm
 from imface.scan.align import UPPER_Y, nose_apex
 from imface.units import MM_PER_UNIT, NOSE_MODEL
 
@@ -259,10 +260,18 @@ def write_corpus(
     workers: int = 1,
     progress: bool = True,
 ) -> list[str]:
-    from tqdm import tqdm
+    """Write the corpus and return its scan keys (a tqdm bar unless `progress` is False)."""
+    return drive_with_tqdm(write_corpus_job(out, identities, recipe, workers), disable=not progress)
 
+
+def write_corpus_job(
+    out: Path, identities: int, recipe: Recipe = Recipe(), workers: int = 1
+) -> Job[list[str]]:
+    """The corpus as a job: one Progress record per finished person; closing it stops the
+    workers (people already written stay, each complete)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    yield Progress("Synthesising people", 0, identities, "building the Anny head")
     gen = _generator(recipe.subdivisions, recipe.eyeballs)  # builds Anny once (fills its asset cache)
     np.save(out / "anny_faces.npy", gen.faces.astype(np.int32))
     if recipe.only is not None:
@@ -273,20 +282,9 @@ def write_corpus(
         raise UserError(f"--population must be one of {', '.join(anny_head.POPULATIONS)}")
     jobs = [(i, str(out), recipe) for i in range(identities)]
     keys: list[str] = []
-    bar = tqdm(total=identities, unit="identity", disable=not progress, desc="synth")
-    if workers <= 1:
-        for job in jobs:
-            keys += make_identity(job)
-            bar.update()
-    else:
-        # Fresh interpreters, not fork: a child forked after torch and Anny started their thread
-        # pools can wait forever on a lock held by a thread that does not exist in the child.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for k in pool.map(make_identity, jobs):
-                keys += k
-                bar.update()
-    bar.close()
+    for done, person_keys in enumerate(_people(jobs, workers), 1):
+        keys += person_keys
+        yield Progress("Synthesising people", done, identities, f"{len(keys)} scans")
     info = {
         "kind": "imface-synthetic-anny",
         "identities": identities,
@@ -299,6 +297,21 @@ def write_corpus(
     }
     _write_text(out / "corpus.json", json.dumps(info, indent=1))
     return keys
+
+
+def _people(jobs, workers: int):
+    """The scan keys of each person as they finish, in order."""
+    if workers <= 1:
+        for job in jobs:
+            yield make_identity(job)
+        return
+    # Fresh interpreters, not fork: a child forked after torch and Anny started their thread
+    # pools can wait forever on a lock held by a thread that does not exist in the child.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield from pool.map(make_identity, jobs)
+    finally:  # a cancelled job drops the people not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def add_arguments(parser) -> None:

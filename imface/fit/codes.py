@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from imface.config import FitConfig, LossWeights
 from imface.errors import UserError
+from imface.fit.refine import Detail, refine_to_scan
 from imface.model import Codes, ImFace, spatial_gradient
 from imface.units import MM_PER_UNIT
 
@@ -210,6 +212,7 @@ class FitResult:
     faces: np.ndarray
     alignment: object  # imface.scan.align.Alignment
     report: dict
+    detail: Detail | None = None  # per-vertex offsets of the detail stage (model frame)
 
 
 def fit_scan(
@@ -268,9 +271,19 @@ def fit_scan(
     extracting = time.perf_counter()
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
-    _add_surface_scores(report, mesh, samples)
+    vertices, detail = mesh.vertices, None
+    if cfg.detail:
+        codes_only: dict = {}
+        _add_surface_scores(codes_only, mesh.vertices, mesh.faces, samples)
+        report["codes_only"] = codes_only
+        refining = time.perf_counter()
+        points, normals = (samples[k].cpu().numpy() for k in ("surface_points", "surface_normals"))
+        detail = refine_to_scan(mesh.vertices, mesh.faces, points, normals)
+        vertices = detail.apply(mesh.vertices)
+        report.update(detail.summary(), detail_seconds=round(time.perf_counter() - refining, 2))
+    _add_surface_scores(report, vertices, mesh.faces, samples)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    return FitResult(fit.codes, alignment.to_scan(mesh.vertices), mesh.faces, alignment, report)
+    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail)
 
 
 def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
@@ -341,15 +354,25 @@ def _report(fit, distances, alignment, started) -> dict:
     }
 
 
-def _add_surface_scores(report: dict, mesh, samples) -> None:
+def _add_surface_scores(report: dict, vertices, faces, samples) -> None:
     """Chamfer and F-scores against the scan in the model frame (mm), inside the protocol's
     region: the 100 mm sphere the scan was cropped to (the extraction cube's corners lie
-    outside it)."""
+    outside it). A real scan often covers less than that sphere (cut at the hairline, the
+    cheeks), and the fitted surface beyond its edge has nothing to be compared with, so
+    `report["on_scan"]` scores the fitted surface again inside the scan's footprint only: the
+    points whose front view (x, y of the model frame) falls within 3 mm of the scan's own."""
     from imface.metrics import SurfaceSample, compare_samples, sample_in_region
 
-    fitted = sample_in_region(mesh.vertices, mesh.faces, 50_000, np.zeros(3), 1.0)
-    target = samples["surface_points"].cpu().numpy(), samples["surface_normals"].cpu().numpy()
-    report.update(compare_samples(fitted, SurfaceSample(*target)))
+    fitted = sample_in_region(vertices, faces, 50_000, np.zeros(3), 1.0)
+    target = SurfaceSample(*(samples[k].cpu().numpy() for k in ("surface_points", "surface_normals")))
+    report.update(compare_samples(fitted, target))
+    inside = cKDTree(target.points[:, :2]).query(fitted.points[:, :2])[0] < FOOTPRINT_MM / MM_PER_UNIT
+    if inside.any():
+        covered = SurfaceSample(fitted.points[inside], fitted.normals[inside])
+        report["on_scan"] = compare_samples(covered, target) | {"fitted_percent": float(100 * inside.mean())}
+
+
+FOOTPRINT_MM = 3.0
 
 
 def _with_previews(progress, every: int, model: ImFace, alignment):
@@ -396,6 +419,11 @@ def add_arguments(parser) -> None:
         "right inner, left inner, left outer), nose tip, mouth corners",
     )
     parser.add_argument(
+        "--no-detail",
+        action="store_true",
+        help="keep the codes-only surface (no refinement of the fitted mesh towards the scan)",
+    )
+    parser.add_argument(
         "--keep-poor",
         action="store_true",
         help="write a fit that stays far from the scan (flagged in the report)",
@@ -415,7 +443,7 @@ def run(args) -> int:
             if extra:
                 check_output_file(extra)
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = FitConfig(iterations=args.iterations, restarts=args.restarts)
+    cfg = FitConfig(iterations=args.iterations, restarts=args.restarts, detail=not args.no_detail)
     options = {
         "unit": args.unit,
         "landmarks": load_landmarks(args.landmarks) if args.landmarks else None,

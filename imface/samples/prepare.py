@@ -25,6 +25,7 @@ import numpy as np
 from imface.config import BLEND_LANDMARK_IBUG68
 from imface.corpus.facescape import ScanSource, find_scans
 from imface.errors import MeshError, UserError
+from imface.jobs import Job, Progress, drive_with_tqdm
 from imface.paths import atomic_output, confined
 from imface.samples.cache import INDEX, check_record, write_index
 
@@ -77,8 +78,22 @@ def prepare(
     progress=True,
 ):
     """Prepare every scan not already in the cache; returns (records, [(key, error)])."""
-    from tqdm import tqdm
+    job = prepare_job(sources, out, n_surface, n_space, workers, seed, unit, kind)
+    return drive_with_tqdm(job, disable=not progress)
 
+
+def prepare_job(
+    sources: list[ScanSource],
+    out: Path,
+    n_surface=250_000,
+    n_space=15_000,
+    workers=1,
+    seed=0,
+    unit=None,
+    kind="scans",
+) -> Job[tuple[list[dict], list[tuple[str, str]]]]:
+    """The cache as a job: one Progress record per finished scan. The index is rewritten after
+    every scan, so a cancelled or interrupted run keeps what is done and resumes from there."""
     out.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
     if kind == "synthetic":
@@ -86,34 +101,31 @@ def prepare(
     records = _existing_records(out, sources)
     todo = [s for s in sources if s.key not in records]
     failed: list[tuple[str, str]] = []
-    bar = tqdm(
-        total=len(sources),
-        initial=len(sources) - len(todo),
-        unit="scan",
-        desc="prepare",
-        disable=not progress,
-    )
+    yield Progress("Preparing scans", len(records), len(sources))
     jobs = [(s, str(out), n_surface, n_space, seed, unit) for s in todo]
-
-    def done(result):
-        key, record, error = result
+    for key, record, error in _prepared(jobs, workers):
         if record:
             records[key] = record
-            write_index(out, list(records.values()))  # an interrupted run keeps what is done
+            write_index(out, list(records.values()))
         else:
             failed.append((key, error))
-        bar.update()
-
-    if workers <= 1:
-        for job in jobs:
-            done(_prepare_job(job))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for fut in as_completed([pool.submit(_prepare_job, j) for j in jobs]):
-                done(fut.result())
-    bar.close()
+        yield Progress("Preparing scans", len(records) + len(failed), len(sources), key)
     write_index(out, list(records.values()))
     return list(records.values()), failed
+
+
+def _prepared(jobs, workers: int):
+    """(key, record, error) of each scan as it finishes."""
+    if workers <= 1:
+        for job in jobs:
+            yield _prepare_job(job)
+        return
+    pool = ProcessPoolExecutor(workers)
+    try:
+        for fut in as_completed([pool.submit(_prepare_job, j) for j in jobs]):
+            yield fut.result()
+    finally:  # a cancelled job drops the scans not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _remove_leftovers(out: Path) -> None:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from imface.config import ModelConfig, TrainConfig
 from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
+from imface.jobs import Job, Progress, drive_with_tqdm
 from imface.train.correspondence import Registrations
 from imface.train.losses import AutoDecoder, cosine_ramp
 from imface.train.rundir import MODEL_FILE, STATE_FILE, RunDir
@@ -352,46 +353,59 @@ class Trainer:
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def run(self, max_steps: int | None = None, time_limit: float | None = None, progress=None) -> int:
-        cfg = self.cfg
-        total_steps = cfg.epochs * self.batches_per_epoch
+        """Train to the end (or max_steps / time_limit seconds); `progress` gets each log record.
+        Returns the step reached."""
+        show_bar = self.env.main and sys.stderr.isatty()
+
+        def logged(p: Progress) -> None:
+            if progress is not None and p.preview is not None:
+                progress(p.preview)
+
+        return drive_with_tqdm(self.job(max_steps, time_limit), "train", not show_bar, logged)
+
+    def job(self, max_steps: int | None = None, time_limit: float | None = None) -> Job[int]:
+        """Training as a job: one Progress record per step (its log record, if logged, as the
+        preview). Closing it checkpoints the step reached, so a cancelled run resumes there."""
+        total_steps = self.cfg.epochs * self.batches_per_epoch
         if max_steps is not None:
             total_steps = min(total_steps, max_steps)
         start = time.perf_counter()
-        bar = _progress(self.env.main, total_steps, self.step)
-        while self.step < total_steps:
-            batch_in_epoch = self.step - self.epoch * self.batches_per_epoch
-            if batch_in_epoch >= self.batches_per_epoch:
-                self.epoch += 1
-                continue
-            self._set_lr()
-            t0 = time.perf_counter()
-            terms = self.train_step(batch_in_epoch)
-            self.step += 1
-            self._after_step(terms, time.perf_counter() - t0, bar, progress)
-            if time_limit is not None and time.perf_counter() - start > time_limit:
-                break
+        try:
+            while self.step < total_steps:
+                batch_in_epoch = self.step - self.epoch * self.batches_per_epoch
+                if batch_in_epoch >= self.batches_per_epoch:
+                    self.epoch += 1
+                    continue
+                self._set_lr()
+                t0 = time.perf_counter()
+                terms = self.train_step(batch_in_epoch)
+                self.step += 1
+                record = self._after_step(terms, time.perf_counter() - t0)
+                values = {"loss": terms["total"], "epoch": self.epoch}
+                yield Progress("Training", self.step, total_steps, values=values, preview=record)
+                if time_limit is not None and time.perf_counter() - start > time_limit:
+                    break
+        except GeneratorExit:
+            self.checkpoint()
+            raise
         if self.step % self.batches_per_epoch == 0:
             self.epoch = self.step // self.batches_per_epoch
         self.checkpoint()
-        if bar is not None:
-            bar.close()
         return self.step
 
-    def _after_step(self, terms, seconds, bar, progress) -> None:
+    def _after_step(self, terms, seconds) -> dict | None:
+        """Log every log_every steps (returns the record), checkpoint every checkpoint_every."""
         points = self.cfg.scans_per_batch * self.cfg.points_per_scan * self.env.world
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['total']:.4g}", epoch=self.epoch)
+        record = None
         if self.env.main and (self.step % self.log_every == 0 or self.step == 1):
             record = {"step": self.step, "epoch": self.epoch, "seconds": round(seconds, 4)}
             record["points_per_s"] = round(points / max(seconds, 1e-9))
             record.update({k: round(v, 6) for k, v in terms.items()})
             self.files.append_log(record)
             _tensorboard(self.files.tensorboard, record)
-            if progress is not None:
-                progress(record)
         if self.step % self.cfg.checkpoint_every == 0:
             self.checkpoint()
+        return record
 
     def checkpoint(self) -> None:
         if not self.env.main:
@@ -421,14 +435,6 @@ def _tensorboard(folder: Path, record: dict) -> None:
         if name not in ("step", "epoch"):
             writer.add_scalar(f"train/{name}", value, record["step"])
     writer.flush()
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step")
 
 
 # -- CLI ---------------------------------------------------------------------------------------
