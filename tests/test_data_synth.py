@@ -85,3 +85,22 @@ def test_expression_folds_follow_the_actions():
         displacement_mm(fold, gen_lm, {"mouthSmileLeft": 1, "mouthSmileRight": 1}, 0.5, 0)
         < displacement_mm(fold, gen_lm, {}, 0.5, 0) - 0.3
     )
+
+
+def test_scan_variants_have_noise_and_small_holes_only_when_asked():
+    import trimesh
+
+    from imface.corpus.synth import as_scanned
+
+    sphere = trimesh.creation.icosphere(5, 80.0)  # mm
+    v, f = sphere.vertices, sphere.faces
+    same = as_scanned(v, f, np.random.default_rng(0), 0.0)
+    assert same[0] is v and same[1] is f and same[2] is None
+    noisy_v, holed_f, variant = as_scanned(v, f, np.random.default_rng(0), 1.0)
+    assert variant is not None and len(noisy_v) == len(v)
+    moved = np.abs(np.linalg.norm(noisy_v, axis=1) - 80.0)
+    assert 0.02 < moved.mean() < 0.5  # light noise (mm), along the normals
+    removed = len(f) - len(holed_f)
+    assert 0 < removed < 0.02 * len(f)  # a few small holes, not a cut face
+    again = as_scanned(v, f, np.random.default_rng(0), 1.0)
+    assert np.array_equal(again[0], noisy_v) and np.array_equal(again[1], holed_f)

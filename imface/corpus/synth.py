@@ -208,6 +208,7 @@ class Recipe:
     only: tuple[str, ...] | None = None  # subset of the 20 expressions
     population: str = "mixed"  # anny_head.POPULATIONS
     eyeballs: bool = True
+    variants: float = 0.0  # fraction of scans made "as scanned": light noise, small holes
 
 
 def make_identity(job: tuple[int, str, Recipe]) -> list[str]:
@@ -223,13 +224,16 @@ def make_identity(job: tuple[int, str, Recipe]) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     _write_text(folder / "identity.json", json.dumps(ident.to_dict(), indent=1))
     keys = []
-    for expr, actions in scan_plan(gen, rng, recipe.extra, recipe.only):
+    for number, (expr, actions) in enumerate(scan_plan(gen, rng, recipe.extra, recipe.only)):
         meta_path = folder / f"{expr}.json"
         keys.append(f"{name}/{expr}")
         if meta_path.exists():  # written last: the scan is complete
             continue
         s = gen.scan(ident, actions)
-        trimesh.Trimesh(s.vertices.astype(np.float32), s.faces, process=False).export(folder / f"{expr}.ply")
+        # its own stream: a corpus without variants is the same as before they existed
+        variant_rng = np.random.default_rng([recipe.seed, index, number, 7])
+        vertices, faces, variant = as_scanned(s.vertices, s.faces, variant_rng, recipe.variants)
+        trimesh.Trimesh(vertices.astype(np.float32), faces, process=False).export(folder / f"{expr}.ply")
         np.save(folder / f"{expr}.reg.npy", s.registered.astype(np.float32))
         meta = {
             "identity": name,
@@ -242,9 +246,35 @@ def make_identity(job: tuple[int, str, Recipe]) -> list[str]:
             "nose_tip": s.nose_tip.round(4).tolist(),
             "landmark_vertex_indices": gen.landmarks.indices.tolist(),
             "to_model": s.to_model.tolist(),
+            "variant": variant,
         }
         _write_text(meta_path, json.dumps(meta))
     return keys
+
+
+NOISE_MM = (0.05, 0.3)  # std of the normal noise of a variant scan
+HOLES = (1, 4)  # small holes per variant scan
+HOLE_RADIUS_MM = (2.0, 7.0)
+
+
+def as_scanned(vertices, faces, rng: np.random.Generator, fraction: float):
+    """With probability `fraction`, the scan as a scanner gives it: noise along the normals
+    and a few small holes (missed patches: a shiny spot, a shadowed nostril) away from the
+    mesh's edge. Returns (vertices, faces, variant name or None); the registration, landmarks
+    and frame stay those of the clean face."""
+    if fraction <= 0 or rng.uniform() >= fraction:
+        return vertices, faces, None
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    noise = rng.uniform(*NOISE_MM)
+    vertices = vertices + mesh.vertex_normals * rng.normal(scale=noise, size=(len(vertices), 1))
+    centres = mesh.triangles_center
+    keep = np.ones(len(faces), bool)
+    for _ in range(int(rng.integers(HOLES[0], HOLES[1] + 1))):
+        centre = centres[rng.integers(len(centres))]
+        keep &= np.linalg.norm(centres - centre, axis=1) > rng.uniform(*HOLE_RADIUS_MM)
+    return vertices, faces[keep], f"noise {noise:.2f} mm, {int((~keep).sum())} faces removed"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -343,6 +373,12 @@ def add_arguments(parser) -> None:
         "mixed: each person one or the other (default: mixed)",
     )
     parser.add_argument(
+        "--variants",
+        type=float,
+        default=0.0,
+        help="fraction of scans made as a scanner gives them (light noise, small holes)",
+    )
+    parser.add_argument(
         "--no-eyeballs",
         action="store_true",
         help="leave Anny's empty eye sockets instead of eyeballs",
@@ -352,6 +388,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.identities < 1:
         raise UserError("--identities must be at least 1")
+    if not 0.0 <= args.variants <= 1.0:
+        raise UserError("--variants is a fraction of the scans, between 0 and 1")
     only = args.expressions.split(",") if args.expressions else None
     recipe = Recipe(
         seed=args.seed,
@@ -360,6 +398,7 @@ def run(args) -> int:
         only=None if only is None else tuple(only),
         population=args.population,
         eyeballs=not args.no_eyeballs,
+        variants=args.variants,
     )
     keys = write_corpus(Path(args.out), args.identities, recipe, max(1, args.workers))
     print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
