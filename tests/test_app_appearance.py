@@ -36,11 +36,11 @@ def coloured_scan(tmp_path_factory, face_session):
 
 
 def test_coloured_scan_from_the_panel_is_shown_in_its_colours_through_a_drag(
-    window,
+    window,  # noqa: F811 - the fixture imported above
     qtbot,
     coloured_scan,
     monkeypatch,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     w = window()
     path, landmarks = coloured_scan

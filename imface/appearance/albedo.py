@@ -35,7 +35,7 @@ MAX_HEADER = 1 << 20
 TemplateFn = Callable[[np.ndarray], np.ndarray]  # model-frame points -> template coordinates
 
 
-@dataclass
+@dataclass(eq=False)
 class Albedo:
     """Colour samples at template-space points; an empty one is the neutral albedo."""
 
