@@ -50,6 +50,8 @@ def write_face(path, vertices_model, faces, colors=None, info: dict | None = Non
     path = Path(path)
     unit = file_unit(path)
     has_colors = colors is not None and path.suffix.lower() != ".stl"
+    if has_colors and unit == GLTF_UNIT:  # glTF vertex colours (COLOR_0) are linear, ours sRGB
+        colors = np.round(srgb_to_linear(_as_uint8(colors)) * 255).astype(np.uint8)
     save_mesh(path, to_file_unit(vertices_model, unit), faces, colors=colors if has_colors else None)
     sidecar = {
         "mesh": path.name,
@@ -58,10 +60,16 @@ def write_face(path, vertices_model, faces, colors=None, info: dict | None = Non
         "frame": FRAME,
         "vertices": int(len(vertices_model)),
         "colors": bool(has_colors),
+        **({"color_space": "linear (glTF COLOR_0)" if unit == GLTF_UNIT else "sRGB"} if has_colors else {}),
         **(info or {}),
     }
     _write_json(path.with_name(path.name + ".json"), sidecar)
     return sidecar
+
+
+def _as_uint8(colors) -> np.ndarray:
+    colors = np.asarray(colors)
+    return colors if colors.dtype == np.uint8 else np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -256,6 +256,9 @@ def test_fit_cli_writes_colour_and_rig_carries_it(checkpoint, synthetic_scans, t
     smile = trimesh.load(rig / "2_smile.glb", force="mesh", process=False)
     neutral = trimesh.load(rig / "1_neutral.glb", force="mesh", process=False)
     assert np.array_equal(smile.visual.vertex_colors, neutral.visual.vertex_colors)
+    rig_colours = trimesh.load(rig / "rig.glb", force="mesh", process=False).visual.vertex_colors
+    # both linear, as glTF wants (float COLOR_0 in rig.glb, bytes in the meshes)
+    assert np.abs(rig_colours[:, :3].astype(int) - neutral.visual.vertex_colors[:, :3]).max() <= 1
     assert np.ptp(neutral.vertices, axis=0).max() < 0.5  # metres
     assert json.loads((rig / "1_neutral.glb.json").read_text())["colors"] is True
     faces = tmp_path / "gen"
