@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imface.appearance.albedo import Albedo, colours_for, transfer_colours
+from imface.appearance.albedo import Albedo, NoColourOnFace, colours_for, transfer_colours
 from imface.config import FitConfig, ModelConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
@@ -465,11 +465,12 @@ def paint_colors(
     return np.clip(np.round(np.asarray(rgb)[:, :3] * 255), 0, 255).astype(np.uint8)
 
 
-def scan_albedo(model: ImFace, result, scan: Scan) -> Albedo:
-    """The colour of a fitted scan in template space (`result`: a fit_scan FitResult)."""
+def scan_albedo(model: ImFace, result, scan: Scan) -> Albedo | None:
+    """The colour of a fitted scan in template space (`result`: a fit_scan FitResult); None when
+    none of its coloured points lies on the fitted face (the face keeps a neutral albedo)."""
     alignment = result.alignment
     name = Path(scan.path).name if scan.path else "the scan"
-    with torch.no_grad():
+    try:
         return transfer_colours(
             alignment.to_model(scan.colours.points),
             scan.colours.rgb,
@@ -478,6 +479,8 @@ def scan_albedo(model: ImFace, result, scan: Scan) -> Albedo:
             lambda p: template_coordinates(model, result.codes, p),
             source=f"{name} ({scan.colours.source})",
         )
+    except NoColourOnFace:
+        return None
 
 
 def distances_mm(points: np.ndarray, mesh: Mesh, unit_mm: float) -> np.ndarray:

@@ -266,3 +266,17 @@ def test_fit_cli_writes_colour_and_rig_carries_it(checkpoint, synthetic_scans, t
     assert main(generate) == 0
     ply = trimesh.load(faces / "face_000.ply", process=False)
     assert ply.visual.kind == "vertex" and len(ply.visual.vertex_colors) == len(ply.vertices)
+
+
+def test_colour_far_from_the_fitted_face_is_dropped(painted, face_session):
+    from imface.appearance.albedo import NoColourOnFace, transfer_colours
+
+    codes, mesh, _ = painted
+    template = lambda p: face_session.template_coordinates(codes, p)  # noqa: E731
+    far = mesh.vertices + [3.0, 0.0, 0.0]  # 300 mm beside the face
+    near = mesh.vertices[:50]
+    rgb = np.full((len(far) + len(near), 3), 200, np.uint8)
+    albedo = transfer_colours(np.vstack([far, near]), rgb, mesh.vertices, mesh.faces, template)
+    assert len(albedo.points) == len(near)
+    with pytest.raises(NoColourOnFace, match="no colour of the scan lies on the fitted face"):
+        transfer_colours(far, rgb[: len(far)], mesh.vertices, mesh.faces, template)

@@ -32,6 +32,11 @@ NEAR_SURFACE_MM = 4.0  # scan colour samples farther from the fitted face (hair,
 TEMPLATE_BOUND = 4.0  # template coordinates live near the unit sphere: larger ones mean a bad file
 MAX_HEADER = 1 << 20
 
+
+class NoColourOnFace(UserError):
+    """None of a scan's colour samples lies on the fitted face."""
+
+
 TemplateFn = Callable[[np.ndarray], np.ndarray]  # model-frame points -> template coordinates
 
 
@@ -204,7 +209,7 @@ def transfer_colours(
     along = ((points_model - vertices[idx]) * normals[idx]).sum(-1)
     near = nearest * MM_PER_UNIT < NEAR_SURFACE_MM
     if not near.any():
-        raise UserError("no colour of the scan lies on the fitted face: nothing to transfer")
+        raise NoColourOnFace("no colour of the scan lies on the fitted face: nothing to transfer")
     on_surface = points_model[near] - along[near, None] * normals[idx[near]]
     template = np.asarray(template_fn(on_surface.astype(np.float32)), np.float32)
     return Albedo(template, rgb[near], source)

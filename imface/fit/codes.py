@@ -447,16 +447,8 @@ def run(args) -> int:
         scan,
         args.albedo and Path(args.albedo),
     )
-    keys = (
-        "ok",
-        "seconds",
-        "iterations",
-        "chamfer_mm",
-        "fscore_1mm",
-        "scan_to_fit_median_mm",
-        "unit",
-        "colour",
-    )
+    keys = ("ok", "seconds", "iterations", "chamfer_mm", "fscore_1mm", "scan_to_fit_median_mm")
+    keys += ("unit", "colour")
     print(json.dumps({k: result.report.get(k) for k in keys}))
     return 0
 
@@ -508,6 +500,9 @@ def _fitted_colour(result: FitResult, checkpoint, scan):
         result.report["colour"] = "none (the scan has no colour: neutral albedo)"
         return None, None
     albedo = scan_albedo(checkpoint.model, result, scan)
+    if albedo is None:
+        result.report["colour"] = "none (no colour of the scan lies on the fitted face: neutral albedo)"
+        return None, None
     model_vertices = result.alignment.to_model(result.vertices)
     colors = albedo.lookup(template_coordinates(checkpoint.model, result.codes, model_vertices))
     result.report["colour"] = albedo.describe()
