@@ -16,7 +16,7 @@ from PyQt6.QtGui import QUndoCommand, QUndoStack
 
 from imface.errors import UserError
 from imface.extract import Mesh
-from imface.session import FaceCodes, FitOutcome, LoadedScan, Session
+from imface.session import Albedo, FaceCodes, FitOutcome, LoadedScan, Session
 
 PRESET_FORMAT = "imface-preset/1"
 SLIDER_RANGE = 3.0  # sliders span +- 3 standard deviations; values are clamped to it
@@ -54,6 +54,7 @@ class Document(QObject):
     scanChanged = pyqtSignal()
     fitChanged = pyqtSignal()
     colorModeChanged = pyqtSignal()
+    albedoChanged = pyqtSignal()
     slotsChanged = pyqtSignal()
 
     def __init__(self, face_model: Session, parent: QObject | None = None):
@@ -63,8 +64,9 @@ class Document(QObject):
         self.codes: FaceCodes = face_model.mean_codes()
         self.scan: LoadedScan | None = None
         self.fit: FitOutcome | None = None
-        self.color_mode: str = "shaded"  # shaded | coords | checker | uv | image
+        self.color_mode: str = "shaded"  # shaded | coords | checker | uv | image | albedo
         self.texture_image: np.ndarray | None = None
+        self.albedo: Albedo | None = None  # the face's own colour in template space
         self.slots: dict[str, FaceCodes | None] = {"A": None, "B": None}
         self.mesh: Mesh | None = None  # the current face mesh (derived from codes; not undone)
         self.face_colors: np.ndarray | None = None  # painted colours of `mesh` (derived)
@@ -82,6 +84,9 @@ class Document(QObject):
         self.slots = {"A": None, "B": None}
         self.mesh = None
         self.face_colors = None
+        self.albedo = None  # template space belongs to its model
+        if self.color_mode == "albedo":
+            self.color_mode = "shaded"
         self.modelChanged.emit()
         self.codesChanged.emit(False)
         self.fitChanged.emit()
@@ -105,6 +110,10 @@ class Document(QObject):
             self.codesChanged.emit(False)
         elif attr == "color_mode":
             self.color_mode, self.texture_image = value
+            self.colorModeChanged.emit()
+        elif attr == "albedo":
+            self.albedo, self.color_mode = value
+            self.albedoChanged.emit()
             self.colorModeChanged.emit()
         elif attr == "slots":
             self.slots = dict(value)
@@ -204,6 +213,14 @@ class Document(QObject):
             return
         self.undo_stack.push(SetCommand(self, "color_mode", new, old, f"Colour: {mode}"))
 
+    def set_albedo(self, albedo: Albedo | None, text: str = ""):
+        """Give the face its colour (shown at once) or, with None, take it away (plain shading)."""
+        mode = (
+            "albedo" if albedo is not None else ("shaded" if self.color_mode == "albedo" else self.color_mode)
+        )
+        text = text or ("Apply colour" if albedo is not None else "Clear colour")
+        self.undo_stack.push(SetCommand(self, "albedo", (albedo, mode), (self.albedo, self.color_mode), text))
+
     def set_scan(self, scan: LoadedScan | None):
         self.undo_stack.beginMacro("Open scan" if scan else "Close scan")
         self.undo_stack.push(SetCommand(self, "scan", scan, self.scan, "Open scan"))
@@ -212,6 +229,9 @@ class Document(QObject):
         self.undo_stack.endMacro()
 
     def apply_fit(self, outcome: FitOutcome):
+        """The fitted face becomes the current face; a coloured scan's colour comes with it (one
+        undo step)."""
+        self.undo_stack.beginMacro("Fit scan")
         self.undo_stack.push(
             SetCommand(
                 self,
@@ -221,6 +241,9 @@ class Document(QObject):
                 "Fit scan",
             )
         )
+        if outcome.albedo is not None:
+            self.set_albedo(outcome.albedo, "Colour of the fitted scan")
+        self.undo_stack.endMacro()
 
     # -- presets -----------------------------------------------------------------------------------
     def preset_dict(self, name: str = "") -> dict:

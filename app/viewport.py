@@ -50,6 +50,7 @@ class Viewport(QObject):
             layout.addWidget(label)
         self.meshes: dict[str, object] = {}  # name -> PolyData (or Mesh without 3D)
         self.data: dict[str, Mesh] = {}
+        self.colors: dict[str, np.ndarray | None] = {}  # per-vertex RGB a mesh is shown with
         self.actors: dict[str, object] = {}
         self.offsets: dict[str, np.ndarray] = {}
         self.renders = 0
@@ -75,6 +76,7 @@ class Viewport(QObject):
             self.remove(name)
             return
         self.data[name] = mesh
+        self.colors[name] = None if colors is None else np.asarray(colors, np.uint8)
         self.offsets[name] = np.zeros(3, np.float32) if offset is None else np.asarray(offset, np.float32)
         if self.plotter is None:
             self.meshes[name] = mesh
@@ -165,6 +167,7 @@ class Viewport(QObject):
 
     def remove(self, name: str):
         self.data.pop(name, None)
+        self.colors.pop(name, None)
         self.meshes.pop(name, None)
         actor = self.actors.pop(name, None)
         if actor is not None and self.plotter is not None:

@@ -18,10 +18,12 @@ from PyQt6.QtWidgets import (
     QToolBar,
 )
 
+from app.controllers.appearance import AppearanceController
 from app.controllers.correspondence import CorrespondenceController
 from app.controllers.files import FilesController
 from app.controllers.fit import FitController
 from app.document import Document
+from app.panels.appearance import AppearancePanel
 from app.panels.correspondence import CorrespondencePanel
 from app.panels.export import ExportPanel
 from app.panels.fit import FitPanel
@@ -61,6 +63,7 @@ class MainWindow(QMainWindow):
         self.files = FilesController(self)
         self.fit = FitController(self, auto_fit)
         self.corr = CorrespondenceController(self)
+        self.appearance = AppearanceController(self)
         self._build_status()
         self._build_menus()
         self._connect()
@@ -71,7 +74,7 @@ class MainWindow(QMainWindow):
     def _build_panels(self):
         self.morph_panel = MorphPanel(self.doc)
         self.fit_panel = FitPanel()
-        self.corr_panel = CorrespondencePanel()
+        self.corr_panel, self.appearance_panel = CorrespondencePanel(), AppearancePanel()
         self.train_panel = TrainingPanel()
         self.export_panel = ExportPanel()
         self.docks: dict[str, QDockWidget] = {}
@@ -79,6 +82,7 @@ class MainWindow(QMainWindow):
         for name, widget, area in (
             ("Morph", self.morph_panel, left),
             ("Fit", self.fit_panel, right),
+            ("Appearance", self.appearance_panel, right),
             ("Correspondence", self.corr_panel, right),
             ("Training", self.train_panel, right),
             ("Export", self.export_panel, right),
@@ -88,7 +92,7 @@ class MainWindow(QMainWindow):
             dock.setWidget(widget)
             self.addDockWidget(area, dock)
             self.docks[name] = dock
-        for name in ("Correspondence", "Training", "Export"):
+        for name in ("Appearance", "Correspondence", "Training", "Export"):
             self.tabifyDockWidget(self.docks["Fit"], self.docks[name])
         self.docks["Fit"].raise_()
         self._docks_sized = False
@@ -199,11 +203,6 @@ class MainWindow(QMainWindow):
         self.morph_panel.presetSaveRequested.connect(self.files.save_preset_dialog)
         self.morph_panel.presetLoadRequested.connect(self.files.load_preset_dialog)
         self.morph_panel.error.connect(lambda m: self.show_error("Morph", m))
-        self.train_panel.loadRequested.connect(self.files.load_checkpoint)
-        self.train_panel.error.connect(lambda m: self.show_error("Training", m))
-        self.export_panel.meshRequested.connect(self.files.export_mesh_dialog)
-        self.export_panel.rigRequested.connect(self.files.export_rig_dialog)
-        self.export_panel.screenshotRequested.connect(self.files.screenshot_dialog)
         self.viewport.picked.connect(
             lambda name, i, p: self.fit.on_picked(name, p) or self.corr.on_picked(name, i)
         )

@@ -50,6 +50,8 @@ def write_face(path, vertices_model, faces, colors=None, info: dict | None = Non
     path = Path(path)
     unit = file_unit(path)
     has_colors = colors is not None and path.suffix.lower() != ".stl"
+    if has_colors and unit == GLTF_UNIT:  # glTF vertex colours (COLOR_0) are linear, ours sRGB
+        colors = np.round(srgb_to_linear(_as_uint8(colors)) * 255).astype(np.uint8)
     save_mesh(path, to_file_unit(vertices_model, unit), faces, colors=colors if has_colors else None)
     sidecar = {
         "mesh": path.name,
@@ -58,10 +60,16 @@ def write_face(path, vertices_model, faces, colors=None, info: dict | None = Non
         "frame": FRAME,
         "vertices": int(len(vertices_model)),
         "colors": bool(has_colors),
+        **({"color_space": "linear (glTF COLOR_0)" if unit == GLTF_UNIT else "sRGB"} if has_colors else {}),
         **(info or {}),
     }
     _write_json(path.with_name(path.name + ".json"), sidecar)
     return sidecar
+
+
+def _as_uint8(colors) -> np.ndarray:
+    colors = np.asarray(colors)
+    return colors if colors.dtype == np.uint8 else np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -118,13 +126,17 @@ def build_rig(model: ImFace, z_id: torch.Tensor, expressions: dict[str, torch.Te
     return np.asarray(mesh.vertices), np.asarray(mesh.faces), targets, failures
 
 
-def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray, targets: dict) -> Path:
-    """A glTF 2.0 binary: one mesh, its morph targets (position offsets) named in extras.targetNames.
-    Positions in metres (the glTF unit)."""
+def write_glb_with_morph_targets(
+    path: Path, base: np.ndarray, faces: np.ndarray, targets: dict, colors: np.ndarray | None = None
+) -> Path:
+    """A glTF 2.0 binary: one mesh, its morph targets (position offsets) named in extras.targetNames,
+    and optional sRGB uint8 vertex colours (COLOR_0). Positions in metres (the glTF unit)."""
     base = np.ascontiguousarray(base, dtype=np.float32)
     blobs = [base.tobytes(), np.ascontiguousarray(faces, dtype=np.uint32).tobytes()]
     deltas = [np.ascontiguousarray(np.asarray(v, np.float32) - base) for v in targets.values()]
     blobs += [d.tobytes() for d in deltas]
+    if colors is not None:  # COLOR_0 is linear RGB in glTF: convert from sRGB
+        blobs.append(np.ascontiguousarray(srgb_to_linear(colors), dtype=np.float32).tobytes())
     views, offset = [], 0
     for blob in blobs:
         views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(blob)})
@@ -142,6 +154,12 @@ def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray
 
     accessors = [accessor(0, base, "VEC3"), accessor(1, np.asarray(faces).reshape(-1), "SCALAR")]
     accessors += [accessor(2 + k, d, "VEC3") for k, d in enumerate(deltas)]
+    attributes = {"POSITION": 0}
+    if colors is not None:
+        attributes["COLOR_0"] = len(accessors)
+        accessors.append(
+            {"bufferView": len(accessors), "count": len(base), "componentType": 5126, "type": "VEC3"}
+        )
     document = {
         "asset": {"version": "2.0", "generator": "imface"},
         "scene": 0,
@@ -152,7 +170,7 @@ def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray
                 "name": "face",
                 "primitives": [
                     {
-                        "attributes": {"POSITION": 0},
+                        "attributes": attributes,
                         "indices": 1,
                         "targets": [{"POSITION": 2 + k} for k in range(len(deltas))],
                     }
@@ -177,22 +195,36 @@ def write_glb_with_morph_targets(path: Path, base: np.ndarray, faces: np.ndarray
     return path
 
 
+def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
+    c = np.asarray(colors, np.float64)[:, :3] / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
 def export_rig(
-    model, z_id, expressions, out_dir: str | Path, resolution: int = 128, fmt: str = "obj"
+    model, z_id, expressions, out_dir: str | Path, resolution: int = 128, fmt: str = "obj", albedo=None
 ) -> dict:
     """Write 1_neutral.<fmt> and <label>.<fmt> per expression (mm; GLB in m) and rig.glb (m) with
-    one morph target per expression; rig.json records every file's unit."""
+    one morph target per expression; rig.json records every file's unit. With an albedo, every
+    mesh carries the same vertex colours: the rig keeps one topology whose vertices keep their
+    template points, so the colours of the neutral face hold for every expression."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
+    colors = None
+    if albedo is not None:
+        from imface.appearance import colours_for
+        from imface.correspond import template_coordinates
+
+        neutral = Codes(z_id, torch.zeros(model.config.exp_dim), torch.tensor([True]))
+        colors = colours_for(lambda p: template_coordinates(model, neutral, p), base, albedo)
     suffix = f".{fmt}"
-    write_face(out / f"1_neutral{suffix}", base, faces)
+    write_face(out / f"1_neutral{suffix}", base, faces, colors)
     names = rig_file_names(targets)  # labels come from the checkpoint: never trust them as paths
     for label, vertices in targets.items():
-        write_face(confined(out, f"{names[label]}{suffix}"), vertices, faces)
+        write_face(confined(out, f"{names[label]}{suffix}"), vertices, faces, colors)
     metres = MM_PER_UNIT / 1000.0 / UNITS[GLTF_UNIT]
     write_glb_with_morph_targets(
-        out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}
+        out / "rig.glb", base * metres, faces, {k: v * metres for k, v in targets.items()}, colors
     )
     manifest = {
         "units": {fmt: file_unit(suffix), "glb": GLTF_UNIT},
@@ -202,6 +234,7 @@ def export_rig(
         "morph_targets": len(targets),
         "expressions": list(targets),
         "unconverged_vertices": failures,
+        "colors": "vertex colours from the albedo" if colors is not None else "none",
     }
     atomic_write_text(out / "rig.json", json.dumps(manifest, indent=2))
     return manifest
@@ -233,6 +266,9 @@ def _common(parser) -> None:
         "--format", choices=["obj", "ply", "stl", "glb"], default="ply",
         help="mesh format: OBJ/PLY/STL in millimetres, GLB in metres (unit also in each PATH.json)",
     )  # fmt: skip
+    parser.add_argument(
+        "--albedo", help="colour in template space (.albedo.safetensors from fit): meshes get vertex colours"
+    )
 
 
 def add_generate_arguments(parser) -> None:
@@ -248,18 +284,38 @@ def run_generate(args) -> int:
     from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
+    albedo = _albedo_argument(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, codes in enumerate(sample_faces(checkpoint, args.n, args.scale, args.seed)):
         if args.neutral:
             codes = Codes(codes.z_id[0], codes.z_exp[0], torch.tensor([True]))
         mesh = face_mesh(checkpoint.model, codes, args.resolution)
-        write_face(out / f"face_{i:03d}.{args.format}", mesh.vertices, mesh.faces)
+        colors = _face_colours(checkpoint.model, codes, mesh.vertices, albedo)
+        write_face(out / f"face_{i:03d}.{args.format}", mesh.vertices, mesh.faces, colors)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
         atomic_write_text(out / f"face_{i:03d}.json", json.dumps(record))
     print(json.dumps({"faces": args.n, "out": str(out), "unit": file_unit(f".{args.format}")}))
     return 0
+
+
+def _albedo_argument(args, codes_path: str | None = None):
+    """The albedo of --albedo, else the one a codes file names (fit --codes of a coloured scan)."""
+    from imface.appearance import Albedo, albedo_for_codes
+
+    if getattr(args, "albedo", None):
+        return Albedo.load(args.albedo)
+    return albedo_for_codes(codes_path) if codes_path else None
+
+
+def _face_colours(model, codes: Codes, vertices, albedo):
+    if albedo is None:
+        return None
+    from imface.appearance import colours_for
+    from imface.correspond import template_coordinates
+
+    return colours_for(lambda p: template_coordinates(model, codes, p), vertices, albedo)
 
 
 def add_rig_arguments(parser) -> None:
@@ -276,6 +332,7 @@ def run_rig(args) -> int:
     from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
+    albedo = _albedo_argument(args, args.codes)
     if args.codes:
         z_id = load_codes_json(args.codes, checkpoint).z_id[0]
     else:
@@ -286,13 +343,17 @@ def run_rig(args) -> int:
         z_id = checkpoint.codes.z_id[args.identity]
     if args.expression_from:  # expression transfer: this identity with another face's expression
         z_exp = load_codes_json(args.expression_from, checkpoint).z_exp[0]
-        mesh = face_mesh(checkpoint.model, Codes(z_id, z_exp), args.resolution)
+        codes = Codes(z_id, z_exp)
+        mesh = face_mesh(checkpoint.model, codes, args.resolution)
         path = Path(args.out) / f"transfer.{args.format}"
-        write_face(path, mesh.vertices, mesh.faces)
+        write_face(
+            path, mesh.vertices, mesh.faces, _face_colours(checkpoint.model, codes, mesh.vertices, albedo)
+        )
         print(json.dumps({"transfer": str(path), "unit": file_unit(path)}))
         return 0
     manifest = export_rig(
-        checkpoint.model, z_id, expression_codes(checkpoint), args.out, args.resolution, args.format
+        checkpoint.model, z_id, expression_codes(checkpoint), args.out, args.resolution, args.format, albedo
     )
-    print(json.dumps({k: manifest[k] for k in ("vertices", "meshes", "morph_targets", "expressions")}))
+    keys = ("vertices", "meshes", "morph_targets", "expressions", "colors")
+    print(json.dumps({k: manifest[k] for k in keys}))
     return 0

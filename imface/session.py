@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imface.appearance.albedo import Albedo, NoColourOnFace, colours_for, transfer_colours
 from imface.config import FitConfig, ModelConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
@@ -173,6 +174,7 @@ class FitOutcome:
     display_distances_mm: np.ndarray  # the same for the vertices of the display copy
     alignment: Alignment
     report: dict
+    albedo: Albedo | None = None  # the scan's colour in template space; None: the scan had none
 
 
 @dataclass
@@ -353,6 +355,10 @@ class Session:
         yield Progress("Measuring the residual", 0, None)
         mesh = Mesh(result.vertices, result.faces)
         unit_mm = loaded.unit_mm
+        albedo = None
+        if scan.colours is not None:
+            yield Progress("Transferring colour", 0, None, f"{len(scan.colours.points)} samples")
+            albedo = scan_albedo(private.model, result, scan)
         return FitOutcome(
             FaceCodes.from_torch(result.codes),
             mesh,
@@ -360,7 +366,13 @@ class Session:
             distances_mm(loaded.display.vertices, mesh, unit_mm),
             alignment,
             result.report,
+            albedo,
         )
+
+    # -- colour ---------------------------------------------------------------------------------
+    def albedo_colors(self, codes: FaceCodes, vertices: np.ndarray, albedo: Albedo) -> np.ndarray:
+        """Per-vertex sRGB uint8 of a face of this model (model frame) coloured by an albedo."""
+        return colours_for(lambda p: self.template_coordinates(codes, p), vertices, albedo)
 
     # -- export ---------------------------------------------------------------------------------
     def export_mesh(self, mesh: Mesh, path: str | Path, colors: np.ndarray | None = None) -> str:
@@ -371,7 +383,9 @@ class Session:
             colours = "no colours (the format has none)"
         return f"Saved {Path(path).name}: {info['vertices']} vertices, units: {info['unit_name']}, {colours}"
 
-    def export_rig_job(self, codes: FaceCodes, folder: str | Path, resolution: int = 128) -> Job[str]:
+    def export_rig_job(
+        self, codes: FaceCodes, folder: str | Path, resolution: int = 128, albedo: Albedo | None = None
+    ) -> Job[str]:
         if not self.expression_codes:
             raise UserError("the expression rig needs a trained checkpoint with labelled expression codes")
         yield Progress("Exporting rig", 0, None, f"{len(self.expression_codes)} expressions")
@@ -382,6 +396,7 @@ class Session:
                 expression_codes(self.checkpoint),
                 Path(folder),
                 resolution,
+                albedo=albedo,
             )
         return rig_summary(manifest, folder)
 
@@ -432,8 +447,13 @@ def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> 
 PAINT_MODES = {"coords": "template", "checker": "checker", "uv": "uv-grid"}
 
 
-def paint_colors(template: np.ndarray, mode: str, image: np.ndarray | None = None) -> np.ndarray:
-    """Per-vertex RGB uint8 painted in template space: 'coords', 'checker', 'uv' or 'image'."""
+def paint_colors(
+    template: np.ndarray, mode: str, image: np.ndarray | None = None, albedo: Albedo | None = None
+) -> np.ndarray:
+    """Per-vertex RGB uint8 painted in template space: 'coords', 'checker', 'uv', 'image' or
+    'albedo' (a face's own colour; neutral without one)."""
+    if mode == "albedo":
+        return (albedo or Albedo.neutral_albedo()).lookup(template)
     if mode == "image":
         if image is None:
             raise UserError("painting with an image needs an image")
@@ -441,8 +461,26 @@ def paint_colors(template: np.ndarray, mode: str, image: np.ndarray | None = Non
     elif mode in PAINT_MODES:
         rgb = paint(template, PAINT_MODES[mode])
     else:
-        raise UserError(f"unknown paint mode {mode!r} (use coords, checker, uv or image)")
+        raise UserError(f"unknown paint mode {mode!r} (use coords, checker, uv, image or albedo)")
     return np.clip(np.round(np.asarray(rgb)[:, :3] * 255), 0, 255).astype(np.uint8)
+
+
+def scan_albedo(model: ImFace, result, scan: Scan) -> Albedo | None:
+    """The colour of a fitted scan in template space (`result`: a fit_scan FitResult); None when
+    none of its coloured points lies on the fitted face (the face keeps a neutral albedo)."""
+    alignment = result.alignment
+    name = Path(scan.path).name if scan.path else "the scan"
+    try:
+        return transfer_colours(
+            alignment.to_model(scan.colours.points),
+            scan.colours.rgb,
+            alignment.to_model(result.vertices),
+            result.faces,
+            lambda p: template_coordinates(model, result.codes, p),
+            source=f"{name} ({scan.colours.source})",
+        )
+    except NoColourOnFace:
+        return None
 
 
 def distances_mm(points: np.ndarray, mesh: Mesh, unit_mm: float) -> np.ndarray:
@@ -523,7 +561,7 @@ def _fit_in_thread(checkpoint: Checkpoint, scan: Scan, alignment: Alignment, con
 
 
 __all__ += [
-    "FACESCAPE_EXPRESSIONS", "QUALITY", "DEFAULT_QUALITY", "MORPH_RADIUS", "CodeSpace", "FaceCodes",
-    "FitOutcome", "LoadedScan", "MorphFrame", "Morpher", "Session", "distances_mm", "match_vertex",
-    "paint_colors", "rig_summary", "MM_PER_UNIT",
+    "Albedo", "FACESCAPE_EXPRESSIONS", "QUALITY", "DEFAULT_QUALITY", "MORPH_RADIUS", "CodeSpace",
+    "FaceCodes", "scan_albedo", "FitOutcome", "LoadedScan", "MorphFrame", "Morpher", "Session",
+    "distances_mm", "match_vertex", "paint_colors", "rig_summary", "MM_PER_UNIT",
 ]  # fmt: skip

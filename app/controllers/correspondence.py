@@ -17,18 +17,18 @@ from imface.session import FaceCodes, Session, match_vertex, paint_colors
 OTHER_OFFSET = np.array([2.2, 0.0, 0.0], np.float32)  # face B beside the current face (model units)
 
 
-def template_job(session: Session, codes: FaceCodes, mesh: Mesh, mode: str, image):
+def template_job(session: Session, codes: FaceCodes, mesh: Mesh, mode: str, image, albedo=None):
     """Template coordinates of a mesh and (unless shaded) its painted colours."""
     yield Progress("Template coordinates")
     template = session.template_coordinates(codes, mesh.vertices)
-    colors = None if mode == "shaded" else paint_colors(template, mode, image)
+    colors = None if mode == "shaded" else paint_colors(template, mode, image, albedo)
     return template, colors
 
 
-def face_b_job(session: Session, codes: FaceCodes, mode: str, image):
+def face_b_job(session: Session, codes: FaceCodes, mode: str, image, albedo=None):
     yield Progress("Face B", 0, 2, "extracting")
     mesh = session.extract(codes)
-    template, colors = yield from template_job(session, codes, mesh, mode, image)
+    template, colors = yield from template_job(session, codes, mesh, mode, image, albedo)
     return mesh, template, colors
 
 
@@ -102,13 +102,13 @@ class CorrespondenceController(QObject):
             return
         serial, key = self._serial, id(mesh.faces)
         template = self.template("face", mesh)
-        codes = doc.codes.copy()
+        codes, image, albedo = doc.codes.copy(), doc.texture_image, doc.albedo
 
         def job():
             if template is None:
-                return (yield from template_job(doc.face_model, codes, mesh, mode, doc.texture_image))
+                return (yield from template_job(doc.face_model, codes, mesh, mode, image, albedo))
             yield Progress("Painting")
-            return template, paint_colors(template, mode, doc.texture_image)
+            return template, paint_colors(template, mode, image, albedo)
 
         def done(result):
             tmpl, colors = result
@@ -150,7 +150,7 @@ class CorrespondenceController(QObject):
             w.viewport.reset_camera()
             w.schedule_render()
 
-        job = face_b_job(doc.face_model, doc.slots["B"], doc.color_mode, doc.texture_image)
+        job = face_b_job(doc.face_model, doc.slots["B"], doc.color_mode, doc.texture_image, doc.albedo)
         w.run_job("Face B", job, done)
 
     def on_picked(self, name: str, index: int):

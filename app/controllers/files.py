@@ -31,11 +31,19 @@ class FilesController(QObject):
     def __init__(self, window):
         super().__init__(window)
         self.w = window
+        export, training = window.export_panel, window.train_panel
+        export.meshRequested.connect(self.export_mesh_dialog)
+        export.rigRequested.connect(self.export_rig_dialog)
+        export.screenshotRequested.connect(self.screenshot_dialog)
+        training.loadRequested.connect(self.load_checkpoint)
+        training.error.connect(lambda m: window.show_error("Training", m))
 
     def open_file(self, path: str):
-        """Any file: a checkpoint, a preset, or a scan (by its suffix)."""
+        """Any file: a checkpoint, a colour (NAME.albedo.safetensors), a preset, or a scan."""
         suffix = Path(path).suffix.lower()
-        if suffix == ".safetensors":
+        if Path(path).name.lower().endswith(".albedo.safetensors"):
+            self.w.appearance.load(path)
+        elif suffix == ".safetensors":
             self.load_checkpoint(path)
         elif suffix == ".json":
             self.load_preset(path)
@@ -154,7 +162,9 @@ class FilesController(QObject):
         w, doc = self.w, self.w.doc
         w.run_job(
             "Exporting rig",
-            doc.face_model.export_rig_job(doc.codes.copy(), folder),
+            doc.face_model.export_rig_job(
+                doc.codes.copy(), folder, albedo=doc.albedo if doc.color_mode == "albedo" else None
+            ),
             lambda note: (w.set_status(note), w.export_panel.info.setText(note)),
             on_failed=lambda exc: w.show_error("Rig export", describe(exc)),
         )

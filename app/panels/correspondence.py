@@ -12,6 +12,7 @@ MODES = {
     "Checker texture": "checker",
     "UV grid texture": "uv",
     "Image texture...": "image",
+    "Face colour (albedo)": "albedo",
 }
 
 

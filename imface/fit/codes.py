@@ -404,7 +404,12 @@ def add_arguments(parser) -> None:
         help="fitted mesh (.ply/.obj/.stl/.glb) in the scan frame; for a folder: the output folder",
     )
     parser.add_argument("--report", help="JSON report: seconds, iterations, Chamfer, F-score, transform")
-    parser.add_argument("--codes", help="write the fitted codes as JSON")
+    parser.add_argument(
+        "--codes",
+        help="write the fitted codes as JSON; a coloured scan's colour goes beside it "
+        "(C.albedo.safetensors, named in the codes file) for rig, generate and the editor",
+    )
+    parser.add_argument("--albedo", help="write the colour in template space here (.safetensors)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--iterations", type=int, default=FitConfig.iterations)
     parser.add_argument("--restarts", type=int, default=FitConfig.restarts)
@@ -433,7 +438,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imface.io import MESH_FORMATS, load_checkpoint
     from imface.paths import check_output_file, check_output_folder
-    from imface.scan.load import load_landmarks
+    from imface.scan.load import load_landmarks, parse_unit
 
     if Path(args.scan).is_dir():  # refuse an unwritable or wrong output before the long fit
         check_output_folder(args.out)
@@ -442,6 +447,8 @@ def run(args) -> int:
         for extra in (args.report, args.codes):
             if extra:
                 check_output_file(extra)
+        if args.albedo:
+            check_output_file(args.albedo, (".safetensors",))
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = FitConfig(iterations=args.iterations, restarts=args.restarts, detail=not args.no_detail)
     options = {
@@ -452,29 +459,82 @@ def run(args) -> int:
     if Path(args.scan).is_dir():
         if options["landmarks"] is not None:
             raise UserError("--landmarks is for one scan, not a folder")
+        if args.albedo:
+            raise UserError("--albedo is for one scan; a folder's colours go beside each codes file")
         return fit_folder(checkpoint, Path(args.scan), Path(args.out), cfg, args.resolution, **options)
-    result = fit_scan(checkpoint, args.scan, cfg, resolution=args.resolution, **options)
+    from imface.scan.load import load_scan
+
+    scan = load_scan(args.scan, parse_unit(args.unit))
+    result = fit_scan(checkpoint, scan, cfg, resolution=args.resolution, **options)
     _write_fit(
-        result, checkpoint, Path(args.out), args.report and Path(args.report), args.codes and Path(args.codes)
+        result,
+        checkpoint,
+        Path(args.out),
+        args.report and Path(args.report),
+        args.codes and Path(args.codes),
+        scan,
+        args.albedo and Path(args.albedo),
     )
-    keys = ("ok", "seconds", "iterations", "chamfer_mm", "fscore_1mm", "scan_to_fit_median_mm", "unit")
+    keys = ("ok", "seconds", "iterations", "chamfer_mm", "fscore_1mm", "scan_to_fit_median_mm")
+    keys += ("unit", "colour")
     print(json.dumps({k: result.report.get(k) for k in keys}))
     return 0
 
 
-def _write_fit(result: FitResult, checkpoint, mesh_path: Path, report: Path | None, codes: Path | None):
+def _write_fit(
+    result: FitResult,
+    checkpoint,
+    mesh_path: Path,
+    report: Path | None,
+    codes: Path | None,
+    scan=None,
+    albedo_path: Path | None = None,
+):
+    """The fitted mesh (with the scan's colours when it has any), codes, albedo and report."""
+    from imface.appearance import albedo_path_for_codes
     from imface.io import save_mesh  # atomic
     from imface.paths import atomic_write_text
 
-    save_mesh(mesh_path, result.vertices, result.faces)
+    albedo, colors = _fitted_colour(result, checkpoint, scan)
+    save_mesh(mesh_path, result.vertices, result.faces, colors)
+    if albedo is not None:
+        albedo_path = albedo_path or (albedo_path_for_codes(codes) if codes else None)
+        if albedo_path:
+            albedo.save(albedo_path, {"checkpoint_sha256": checkpoint.sha256})
+            result.report["albedo"] = albedo_path.name
     if codes:
         data = {"z_id": result.codes.z_id[0].tolist(), "z_exp": result.codes.z_exp[0].tolist()}
         data["checkpoint_sha256"] = checkpoint.sha256
+        if (
+            albedo is not None
+            and albedo_path is not None
+            and albedo_path.parent.resolve() == codes.parent.resolve()
+        ):
+            data["albedo"] = albedo_path.name  # rig --codes and the editor pick it up
         atomic_write_text(codes, json.dumps(data))
     if report:  # written last: its presence marks a finished scan (fit_folder resumes on it)
         tmp = report.with_suffix(".tmp")
         tmp.write_text(json.dumps(result.report, indent=2))
         tmp.replace(report)
+
+
+def _fitted_colour(result: FitResult, checkpoint, scan):
+    """(albedo, per-vertex colours of the fitted mesh) for a coloured scan, else (None, None);
+    the report says which ("colour")."""
+    from imface.correspond import template_coordinates
+    from imface.session import scan_albedo
+
+    if scan is None or getattr(scan, "colours", None) is None:
+        result.report["colour"] = "none (the scan has no colour: neutral albedo)"
+        return None, None
+    albedo = scan_albedo(checkpoint.model, result, scan)
+    if albedo is None:
+        result.report["colour"] = "none (no colour of the scan lies on the fitted face: neutral albedo)"
+        return None, None
+    model_vertices = result.alignment.to_model(result.vertices)
+    colors = albedo.lookup(template_coordinates(checkpoint.model, result.codes, model_vertices))
+    result.report["colour"] = albedo.describe()
+    return albedo, colors
 
 
 def scans_in(folder: Path) -> list[Path]:
@@ -495,6 +555,8 @@ def fit_folder(
     """
     from tqdm import tqdm
 
+    from imface.scan.load import load_scan, parse_unit
+
     scans = scans_in(folder)
     if not scans:
         raise UserError(f"{folder}: no scans (OBJ, PLY, STL, OFF, GLB, XYZ, NPY) to fit")
@@ -508,7 +570,8 @@ def fit_folder(
         stem.parent.mkdir(parents=True, exist_ok=True)
         error = stem.with_name(stem.name + ".error.txt")
         try:
-            result = fit_scan(checkpoint, scan, config, resolution=resolution, **options)
+            loaded = load_scan(scan, parse_unit(options.get("unit")))
+            result = fit_scan(checkpoint, loaded, config, resolution=resolution, **options)
         except UserError as exc:
             error.write_text(f"{exc}\n")
             failed += 1
@@ -519,6 +582,7 @@ def fit_folder(
             stem.with_name(stem.name + ".ply"),
             report,
             stem.with_name(stem.name + ".codes.json"),
+            loaded,
         )
         error.unlink(missing_ok=True)
         done += 1

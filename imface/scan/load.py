@@ -21,6 +21,19 @@ from imface.units import UNITS
 MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
 POINT_SUFFIXES = {".xyz", ".npy", ".txt", ".pts"}
 MAX_VERTICES = 1_500_000  # larger meshes are decimated (vertex clustering) on load
+MAX_COLOUR_SAMPLES = 400_000  # colour samples kept per scan
+TEXTURE_SAMPLES = 200_000  # surface points sampled per textured mesh (texel colours, not vertex)
+DEFAULT_GREY = (102, 102, 102)  # what trimesh reports for a mesh without colours
+
+
+@dataclass
+class ScanColours:
+    """Colour samples of a scan: points in the scan's frame and unit with their sRGB colour. Kept
+    apart from the vertices, so textures give denser colour than the mesh and decimation loses none."""
+
+    points: np.ndarray  # (P, 3) float64
+    rgb: np.ndarray  # (P, 3) uint8 sRGB
+    source: str  # "vertex colours", "texture", "point colours"
 
 
 @dataclass
@@ -30,6 +43,7 @@ class Scan:
     unit: str
     path: str = ""
     decimated_from: int | None = None  # original vertex count when decimated
+    colours: ScanColours | None = None  # None: the file has no colour
 
     @property
     def metres(self) -> float:
@@ -70,9 +84,10 @@ def load_scan(path, unit: str | None = None, max_vertices: int = MAX_VERTICES) -
         raise MeshError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
     if suffix in POINT_SUFFIXES:
-        vertices, faces = _read_points(path), None
+        vertices, colours = _read_points(path)
+        faces = None
     elif suffix in MESH_SUFFIXES:
-        vertices, faces = _read_mesh(path)
+        vertices, faces, colours = _read_mesh(path)
     else:
         raise MeshError(
             f"{path}: unsupported file type {suffix!r} "
@@ -83,10 +98,11 @@ def load_scan(path, unit: str | None = None, max_vertices: int = MAX_VERTICES) -
     if faces is not None and len(vertices) > max_vertices:
         original = len(vertices)
         vertices, faces = decimate(vertices, faces, max_vertices)
-    return Scan(vertices, faces, unit or guess_unit(vertices), str(path), original)
+    return Scan(vertices, faces, unit or guess_unit(vertices), str(path), original, _limited(colours))
 
 
-def _read_points(path: Path) -> np.ndarray:
+def _read_points(path: Path) -> tuple[np.ndarray, ScanColours | None]:
+    """(N, 3) points; a fourth to sixth column, when present, is their RGB (0-255 or 0-1)."""
     try:
         if path.suffix.lower() == ".npy":
             pts = np.load(path, allow_pickle=False)
@@ -97,7 +113,14 @@ def _read_points(path: Path) -> np.ndarray:
     pts = np.asarray(pts)
     if pts.ndim != 2 or pts.shape[1] < 3 or not np.issubdtype(pts.dtype, np.number):
         raise MeshError(f"{path}: expected an (N, 3) array of points, got shape {pts.shape}")
-    return pts[:, :3].astype(np.float64)
+    points = pts[:, :3].astype(np.float64)
+    colours = None
+    if pts.shape[1] >= 6 and np.isfinite(pts[:, 3:6]).all() and pts[:, 3:6].min() >= 0:
+        rgb = pts[:, 3:6].astype(np.float64)
+        rgb = rgb * 255.0 if rgb.max() <= 1.0 else rgb
+        if rgb.max() <= 255.0:
+            colours = ScanColours(points, np.round(rgb).astype(np.uint8), "point colours")
+    return points, colours
 
 
 def _read_mesh(path: Path):
@@ -109,23 +132,118 @@ def _read_mesh(path: Path):
         raise MeshError(
             f"{path}: cannot read the file as {path.suffix[1:].upper()} ({_short(exc)})"
         ) from None
+    geoms = [loaded]
     if isinstance(loaded, trimesh.Scene):  # GLB/GLTF/OBJ with several parts: bake transforms
         geoms = list(loaded.dump()) if loaded.geometry else []
         meshes = [g for g in geoms if isinstance(g, trimesh.Trimesh)]
         clouds = [g for g in geoms if isinstance(g, trimesh.PointCloud)]
         if meshes:
-            loaded = trimesh.util.concatenate(meshes)
+            geoms, loaded = meshes, trimesh.util.concatenate(meshes)
         elif clouds:
-            loaded = trimesh.PointCloud(np.vstack([c.vertices for c in clouds]))
+            geoms, loaded = clouds, trimesh.PointCloud(np.vstack([c.vertices for c in clouds]))
         else:
             raise MeshError(f"{path}: the file holds no mesh or points")
+    colours = _join_colours([_colours_of(g) for g in geoms])
     if isinstance(loaded, trimesh.PointCloud):
-        return np.asarray(loaded.vertices, dtype=np.float64), None
+        return np.asarray(loaded.vertices, dtype=np.float64), None, colours
     if not isinstance(loaded, trimesh.Trimesh):
         raise MeshError(f"{path}: the file holds no triangle mesh or points")
     faces = np.asarray(loaded.faces, dtype=np.int64)
     vertices = np.asarray(loaded.vertices, dtype=np.float64)
-    return vertices, (faces if len(faces) else None)
+    return vertices, (faces if len(faces) else None), colours
+
+
+# -- colour --------------------------------------------------------------------------------------
+def _colours_of(geometry) -> ScanColours | None:
+    """Colour samples of one trimesh geometry: texel colours of a base-colour texture, else
+    vertex (or face) colours, else point colours; None when it has none (or only the default grey)."""
+    import trimesh
+
+    vertices = np.asarray(geometry.vertices, np.float64)
+    if isinstance(geometry, trimesh.PointCloud):
+        rgb = np.asarray(geometry.colors)[:, :3] if len(getattr(geometry, "colors", [])) else None
+        return _if_coloured(vertices, rgb, "point colours")
+    visual = geometry.visual
+    if visual.kind == "texture":
+        return _texture_colours(geometry)
+    if visual.kind in ("vertex", "face"):
+        return _if_coloured(vertices, np.asarray(visual.vertex_colors)[:, :3], "vertex colours")
+    return None
+
+
+def _if_coloured(points, rgb, source: str) -> ScanColours | None:
+    if rgb is None or len(rgb) != len(points) or np.all(rgb == DEFAULT_GREY):
+        return None
+    return ScanColours(np.asarray(points, np.float64), np.asarray(rgb, np.uint8), source)
+
+
+def _texture_colours(mesh) -> ScanColours | None:
+    """Sample the surface and read the base-colour texture at each sample's interpolated UV
+    (bilinear, times the material's base colour factor)."""
+    import trimesh
+
+    image, factor = _base_colour(mesh.visual.material)
+    uv = getattr(mesh.visual, "uv", None)
+    if image is None or uv is None or len(uv) != len(mesh.vertices) or len(mesh.faces) == 0:
+        return None
+    points, face_index = trimesh.sample.sample_surface(mesh, TEXTURE_SAMPLES, seed=0)
+    corners = mesh.vertices[mesh.faces[face_index]]
+    bary = trimesh.triangles.points_to_barycentric(corners, points)
+    texel_uv = (np.asarray(uv, np.float64)[mesh.faces[face_index]] * bary[..., None]).sum(1)
+    rgb = _bilinear(image, texel_uv) * factor
+    return ScanColours(
+        np.asarray(points, np.float64), np.clip(np.round(rgb), 0, 255).astype(np.uint8), "texture"
+    )
+
+
+def _base_colour(material) -> tuple[np.ndarray | None, np.ndarray]:
+    """(RGB image as float array, or None; RGB factor) of a PBR or simple material."""
+    factor = np.ones(3)
+    image = getattr(material, "baseColorTexture", None)
+    base = getattr(material, "baseColorFactor", None)
+    if base is not None:
+        base = np.asarray(base, np.float64)[:3]
+        factor = base / 255.0 if base.max() > 1.0 else base
+    if image is None:
+        image = getattr(material, "image", None)
+    if image is None:
+        return None, factor
+    return np.asarray(image.convert("RGB"), np.float64), factor
+
+
+def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Image values at texture coordinates (v up, wrapping like a repeating texture)."""
+    h, w = image.shape[:2]
+    x = (uv[:, 0] % 1.0) * w - 0.5
+    y = (1.0 - uv[:, 1] % 1.0) * h - 0.5
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x0, x1 = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    y0, y1 = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _join_colours(parts: list[ScanColours | None]) -> ScanColours | None:
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    sources = ", ".join(sorted({p.source for p in parts}))
+    return ScanColours(np.vstack([p.points for p in parts]), np.vstack([p.rgb for p in parts]), sources)
+
+
+def _limited(colours: ScanColours | None) -> ScanColours | None:
+    """At most MAX_COLOUR_SAMPLES samples (an even random subset), only finite ones."""
+    if colours is None:
+        return None
+    keep = np.isfinite(colours.points).all(1)
+    index = np.flatnonzero(keep)
+    if len(index) > MAX_COLOUR_SAMPLES:
+        index = np.sort(np.random.default_rng(0).choice(index, MAX_COLOUR_SAMPLES, replace=False))
+    if len(index) == 0:
+        return None
+    return ScanColours(colours.points[index], colours.rgb[index], colours.source)
 
 
 def validate(vertices, faces, path) -> tuple[np.ndarray, np.ndarray | None]:
