@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = FitConfig(iterations=args.iterations, detail=not args.no_detail)
+    cfg = FitConfig(iterations=args.iterations, detail_stage=not args.no_detail)
     pca = pca_from(args.pca_corpus, checkpoint) if args.pca_corpus else None
     rng = np.random.default_rng(args.seed)
     real_dir = Path(args.real)

@@ -257,4 +257,4 @@ class FitConfig:
     seed: int = 0
     # after the codes, a regularised refinement along the normals brings the fitted mesh onto
     # the scan where it has data (imface/fit/refine.py); False keeps the codes-only surface
-    detail: bool = True
+    detail_stage: bool = True

@@ -272,7 +272,7 @@ def fit_scan(
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
     vertices, detail = mesh.vertices, None
-    if cfg.detail:
+    if cfg.detail_stage:
         codes_only: dict = {}
         _add_surface_scores(codes_only, mesh.vertices, mesh.faces, samples)
         report["codes_only"] = codes_only
@@ -450,7 +450,7 @@ def run(args) -> int:
         if args.albedo:
             check_output_file(args.albedo, (".safetensors",))
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = FitConfig(iterations=args.iterations, restarts=args.restarts, detail=not args.no_detail)
+    cfg = FitConfig(iterations=args.iterations, restarts=args.restarts, detail_stage=not args.no_detail)
     options = {
         "unit": args.unit,
         "landmarks": load_landmarks(args.landmarks) if args.landmarks else None,
