@@ -453,7 +453,7 @@ def align_scan(
     else:
         best = _place(tree, pts, scale0, guess)
         if not given and not best.evidence.is_face:
-            best = _search_scale(tree, pts, best)
+            best = _back_to_unit(tree, pts, _search_scale(tree, pts, best), guess)
     e = best.evidence
     align = Alignment(best.m, best.scale, e.residual_mm, e.inlier_fraction, best.unit, e.nose_fraction)
     if check and not e.is_face:
@@ -471,12 +471,35 @@ def _search_scale(tree, pts, best: _Placement) -> _Placement:
         p = _place(tree, pts, scale, None, free=True)
         unit = _snap_unit(p.scale)
         if unit is not None:
-            p = _place(tree, pts, UNITS[unit] / MODEL_UNIT_M, unit, start=p.m)
+            scale = UNITS[unit] / MODEL_UNIT_M
+            p = _place(tree, pts, scale, unit, start=_rescaled(p.m, scale))
         if p.evidence.score > best.evidence.score:
             best = p
         if best.evidence.is_face:
             break
     return best
+
+
+def _back_to_unit(tree, pts, best: _Placement, guess: str) -> _Placement:
+    """The scale search settled on no unit, near the unit the scan's size suggests: a person
+    unlike the average face (or a start the rotation search missed) lets the free scale drift
+    further than units are apart from faces. Placed again at that unit's scale from the pose
+    the search found, it is kept when it is a face (arbitrary units stay for the rest)."""
+    scale = UNITS[guess] / MODEL_UNIT_M
+    if best.unit is not None or abs(best.scale / scale - 1) > 0.5:
+        return best
+    placed = _place(tree, pts, scale, guess, start=_rescaled(best.m, scale))
+    return placed if placed.evidence.is_face else best
+
+
+def _rescaled(m: np.ndarray, scale: float) -> np.ndarray:
+    """The scan -> model similarity `m` with its scale replaced, the nose tip held in place."""
+    current = float(np.cbrt(np.linalg.det(m[:3, :3])))
+    nose_scan = np.linalg.solve(m[:3, :3], NOSE - m[:3, 3])
+    out = m.copy()
+    out[:3, :3] = m[:3, :3] * (scale / current)
+    out[:3, 3] = NOSE - out[:3, :3] @ nose_scan
+    return out
 
 
 def nose_apex(points_model, guess=NOSE):
