@@ -115,9 +115,10 @@ class Hits:
 _PAIRS_PER_CHUNK = 1_000_000
 
 
-def rasterise(vertices: np.ndarray, faces: np.ndarray, camera: Camera) -> Hits:
+def rasterise(vertices: np.ndarray, faces: np.ndarray, camera: Camera, cull_back: bool = False) -> Hits:
     """Exact ray-triangle tests for every (triangle, pixel of its screen box) pair, grouped by box
-    size so that the work stays vectorised; the nearest hit per pixel wins."""
+    size so that the work stays vectorised; the nearest hit per pixel wins. cull_back drops the
+    triangles whose (counter-clockwise) normal faces away from the camera."""
     vertices = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     w, h = camera.width, camera.height
@@ -127,6 +128,10 @@ def rasterise(vertices: np.ndarray, faces: np.ndarray, camera: Camera) -> Hits:
     if len(faces):
         uv, depth = camera.project(vertices)
         front = (depth[faces] > 1e-6).all(1)
+        if cull_back:
+            v0 = vertices[faces[:, 0]]
+            normal = np.cross(vertices[faces[:, 1]] - v0, vertices[faces[:, 2]] - v0)
+            front &= ((camera.centre - v0) * normal).sum(1) > 0
         tri_uv = uv[faces]  # (F, 3, 2)
         lo = np.ceil(tri_uv.min(1) - 0.5).astype(np.int64)
         hi = np.floor(tri_uv.max(1) - 0.5).astype(np.int64)
@@ -228,9 +233,9 @@ def shell_distances(centre: Tensor, shell: Shell, jitter: bool = False) -> Tenso
     return t
 
 
-def composite(sdf: Tensor, rgb: Tensor, sharpness: float, background: Tensor) -> tuple[Tensor, Tensor]:
+def composite(sdf: Tensor, rgb: Tensor, sharpness: float, background: Tensor):
     """NeuS discrete opacity over the S - 1 intervals of each ray. sdf (R, S), rgb (R, S, 3);
-    returns colour (R, 3) over the background and opacity (R,)."""
+    returns colour (R, 3) over the background, opacity (R,) and the interval weights (R, S - 1)."""
     cdf = torch.sigmoid(sharpness * sdf)
     alpha = ((cdf[:, :-1] - cdf[:, 1:]) / cdf[:, :-1].clamp_min(1e-6)).clamp(0.0, 1.0)
     transmit = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-7], 1), 1)
@@ -238,7 +243,7 @@ def composite(sdf: Tensor, rgb: Tensor, sharpness: float, background: Tensor) ->
     colour = 0.5 * (rgb[:, :-1] + rgb[:, 1:])
     opacity = weight.sum(1)
     out = (weight[..., None] * colour).sum(1) + (1 - opacity)[:, None] * background
-    return out, opacity
+    return out, opacity, weight
 
 
 def render_rays(
@@ -250,15 +255,21 @@ def render_rays(
     shell: Shell,
     background: Tensor,
     jitter: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Colour and opacity of rays that all have a shell (finite centres)."""
+    with_depth: bool = False,
+):
+    """Colour and opacity of rays that all have a shell (finite centres); with_depth adds the
+    expected distance of the surface along each ray."""
     t = shell_distances(centres, shell, jitter)
     points = origins[:, None] + t[..., None] * directions[:, None]
     n, s = t.shape
     sdf, coords = surface(points.reshape(-1, 3))
     view = directions[:, None].expand(n, s, 3).reshape(-1, 3)
     rgb = colour(coords, view).reshape(n, s, 3)
-    return composite(sdf.reshape(n, s), rgb, shell.sharpness, background)
+    out, opacity, weight = composite(sdf.reshape(n, s), rgb, shell.sharpness, background)
+    if not with_depth:
+        return out, opacity
+    middle = 0.5 * (t[:, :-1] + t[:, 1:])
+    return out, opacity, (weight * middle).sum(1) / opacity.clamp_min(1e-6)
 
 
 def render_image(
