@@ -41,9 +41,13 @@ MESH_RESOLUTION = 128  # the mesh that centres the shells: 1.6 mm cells, well in
 @dataclass
 class FieldConfig:
     space: str = "template"  # colour over template coordinates, or "observation" (ablation)
-    frequencies: int = 6  # positional encoding of the coordinates (finest period ~3 mm)
+    # tri-plane features over the unit cube (xy, xz, yz planes): a fine texture that trains in
+    # minutes on a CPU, where a plain coordinate MLP needs far more steps for the same detail
+    plane_resolution: int = 0  # texels per side (256: 0.8 mm); 0: about the training pixel size
+    plane_channels: int = 8
+    frequencies: int = 2  # positional encoding of the coordinates beside the features
     width: int = 64
-    layers: int = 3
+    layers: int = 2
     view_dependent: bool = True  # the view direction enters the last layer
     shell: Shell = dataclasses.field(default_factory=Shell)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -51,8 +55,12 @@ class FieldConfig:
     def validate(self) -> FieldConfig:
         if self.space not in SPACES:
             raise UserError(f"colour space must be one of {', '.join(SPACES)}, not {self.space!r}")
-        if not (0 <= self.frequencies <= 12 and 1 <= self.width <= 1024 and 1 <= self.layers <= 8):
-            raise UserError("field size out of range (frequencies 0..12, width 1..1024, layers 1..8)")
+        sizes = (self.plane_resolution, self.plane_channels, self.frequencies, self.width, self.layers)
+        if not all(lo <= v <= hi for v, (lo, hi) in zip(sizes, _SIZE_LIMITS, strict=True)):
+            raise UserError(
+                "field size out of range (planes 0..1024 x 1..64, frequencies 0..12, "
+                "width 1..1024, layers 1..8)"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -66,13 +74,19 @@ class FieldConfig:
         return cls(**d).validate()
 
 
+_SIZE_LIMITS = ((0, 1024), (1, 64), (0, 12), (1, 1024), (1, 8))
+_PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+
+
 class ColourNet(nn.Module):
-    """Encoded coordinates -> ReLU MLP -> (+ view direction) -> sRGB."""
+    """Tri-plane features + encoded coordinates -> ReLU MLP -> (+ view direction) -> sRGB."""
 
     def __init__(self, cfg: FieldConfig):
         super().__init__()
         self.frequencies = cfg.frequencies
-        dims = [encoded_size(3, cfg.frequencies)] + [cfg.width] * cfg.layers
+        r, c = cfg.plane_resolution, cfg.plane_channels
+        self.planes = nn.Parameter(0.01 * torch.randn(3, c, r, r))
+        dims = [encoded_size(3, cfg.frequencies) + 3 * c] + [cfg.width] * cfg.layers
         self.trunk = nn.Sequential(
             *[m for a, b in zip(dims[:-1], dims[1:], strict=True) for m in (nn.Linear(a, b), nn.ReLU())]
         )
@@ -80,8 +94,15 @@ class ColourNet(nn.Module):
         head_in = cfg.width + (3 if cfg.view_dependent else 0)
         self.head = nn.Sequential(nn.Linear(head_in, cfg.width // 2), nn.ReLU(), nn.Linear(cfg.width // 2, 3))
 
+    def features(self, coords: Tensor) -> Tensor:
+        """Bilinear samples of the three planes at the coordinates' projections, (N, 3 C)."""
+        grid = torch.stack([coords[:, list(axes)] for axes in _PLANE_AXES])[:, None]  # (3, 1, N, 2)
+        sampled = nn.functional.grid_sample(self.planes, grid, align_corners=False, padding_mode="border")
+        return sampled[:, :, 0].permute(2, 0, 1).reshape(coords.shape[0], -1)
+
     def forward(self, coords: Tensor, directions: Tensor) -> Tensor:
-        h = self.trunk(positional_encoding(coords, self.frequencies))
+        h = torch.cat([self.features(coords), positional_encoding(coords, self.frequencies)], dim=-1)
+        h = self.trunk(h)
         if self.view_dependent:
             h = torch.cat([h, directions], dim=-1)
         return torch.sigmoid(self.head(h))

@@ -235,12 +235,16 @@ def shell_distances(centre: Tensor, shell: Shell, jitter: bool = False) -> Tenso
 
 def composite(sdf: Tensor, rgb: Tensor, sharpness: float, background: Tensor):
     """NeuS discrete opacity over the S - 1 intervals of each ray. sdf (R, S), rgb (R, S, 3);
-    returns colour (R, 3) over the background, opacity (R,) and the interval weights (R, S - 1)."""
+    returns colour (R, 3) over the background, opacity (R,) and the interval weights (R, S)."""
     cdf = torch.sigmoid(sharpness * sdf)
     alpha = ((cdf[:, :-1] - cdf[:, 1:]) / cdf[:, :-1].clamp_min(1e-6)).clamp(0.0, 1.0)
     transmit = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-7], 1), 1)
+    # a ray whose shell ends inside the solid is absorbed there (grazing rays cross the shell
+    # at a shallow SDF slope and would otherwise let the background through)
+    alpha = torch.cat([alpha, torch.sigmoid(-sharpness * sdf[:, -1:])], 1)
+    transmit = torch.cat([transmit, transmit[:, -1:] * (1 - alpha[:, -2:-1] + 1e-7)], 1)
     weight = alpha * transmit
-    colour = 0.5 * (rgb[:, :-1] + rgb[:, 1:])
+    colour = torch.cat([0.5 * (rgb[:, :-1] + rgb[:, 1:]), rgb[:, -1:]], 1)
     opacity = weight.sum(1)
     out = (weight[..., None] * colour).sum(1) + (1 - opacity)[:, None] * background
     return out, opacity, weight
@@ -268,7 +272,7 @@ def render_rays(
     out, opacity, weight = composite(sdf.reshape(n, s), rgb, shell.sharpness, background)
     if not with_depth:
         return out, opacity
-    middle = 0.5 * (t[:, :-1] + t[:, 1:])
+    middle = torch.cat([0.5 * (t[:, :-1] + t[:, 1:]), t[:, -1:]], 1)
     return out, opacity, (weight * middle).sum(1) / opacity.clamp_min(1e-6)
 
 

@@ -67,6 +67,8 @@ def train_job(
     if views is None:
         views = read_transforms(find_transforms(images_dir), cfg.background)
     cfg = dataclasses.replace(cfg, background=views.background)
+    if cfg.plane_resolution == 0:
+        cfg = dataclasses.replace(cfg, plane_resolution=plane_resolution_for(views))
     torch.manual_seed(opt.seed)
     net = ColourNet(cfg)
     optimiser = torch.optim.Adam(net.parameters(), lr=opt.lr)
@@ -107,6 +109,13 @@ def train_job(
     yield Progress("Saving appearance", 0, None, str(out))
     save_appearance(out, field, initial_codes=codes)
     return AppearanceResult(Path(out), field, report)
+
+
+def plane_resolution_for(views: ViewSet) -> int:
+    """Texels per plane side so that a texel is about the size of a pixel on the face (the
+    planes span 2 model units), a power of two in 64..512."""
+    footprint = np.median([np.linalg.norm(c.centre) / c.focal for c in views.cameras])
+    return int(np.clip(2 ** np.round(np.log2(2.0 / footprint)), 64, 512))
 
 
 def _ray_table(views: ViewSet, centres: list[np.ndarray]) -> dict[str, Tensor]:
