@@ -241,7 +241,8 @@ def test_synth_train_render_end_to_end(tiny_checkpoint, tmp_path, capsys):
     ]
     assert main([*args, "--size", "24", *ckpt]) == 0
     written = _files(out)
-    assert written == sorted(f"{e}/r_{i}.png" for e in ("neutral", "2_smile") for i in range(6))
+    pngs = sorted(f"{e}/r_{i}.png" for e in ("neutral", "2_smile") for i in range(6))
+    assert written == sorted(pngs + ["render.json"])
     assert _files(tmp_path) == sorted(before + [f"renders/{w}" for w in written])
     assert main([*args[:-1], "9_nonsense", *ckpt]) == 1
     assert "unknown expression '9_nonsense'" in capsys.readouterr().err

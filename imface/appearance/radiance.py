@@ -255,4 +255,11 @@ def render_job(field: RadianceField, session, cameras: list[Camera], faces: dict
             write_png(out / safe_name(name) / f"r_{i}.png", rgb, alpha)
             done += 1
             yield Progress("Rendering", done, total, name)
-    return {"images": total, "seconds_per_image": float(np.mean(seconds)) if seconds else 0.0}
+    summary = {
+        "images": total,
+        "faces": list(faces),
+        "size": [cameras[0].width, cameras[0].height] if cameras else None,
+        "seconds_per_image": round(float(np.mean(seconds)), 3) if seconds else 0.0,
+    }
+    atomic_write_text(out / "render.json", json.dumps(summary, indent=1))
+    return summary
