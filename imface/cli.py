@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rig": ("imface.generate", "export the FaceScape expressions (neutral + 19) of one identity as a rig"),
     "extract": ("imface.extract", "extract a face mesh for given codes"),
     "export-topology": ("imface.extract", "write a shared template topology mesh"),
+    "appearance": ("imface.appearance.cli", "radiance field from multi-view images: synth, train, render"),
 }
 
 

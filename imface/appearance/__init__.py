@@ -1,4 +1,5 @@
-"""Appearance of faces: colour in template space (albedo)."""
+"""Appearance of faces: colour in template space (albedo, from coloured scans) and an image-based
+radiance field driven by the codes (radiance, render, training; `python -m imface appearance`)."""
 
 from imface.appearance.albedo import (
     NEUTRAL_RGB,
