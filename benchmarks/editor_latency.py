@@ -149,7 +149,8 @@ def run(argv: list[str] | None = None) -> dict:
     first = wait_for(lambda: w.doc.mesh is not None, 120)
     result: dict = {
         "benchmark": "editor_latency",
-        "machine": f"{platform.machine()} cpu x{os.cpu_count()} threads, shared with a training run",
+        "machine": f"{platform.machine()} cpu x{os.cpu_count()} threads",
+        "load_average_at_start": round(os.getloadavg()[0], 2),
         "model": str(session.path.name),
         "quality": w.pipeline.quality,
         "launch_to_first_face_s": round(time.perf_counter() - LAUNCHED, 2) if first else None,
