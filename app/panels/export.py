@@ -23,8 +23,8 @@ class ExportPanel(QWidget):
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(
             _wrapped(
-                "Meshes are written in millimetres (model units x 100).\n"
-                "OBJ, PLY and GLB keep the vertex colours; STL has none."
+                "OBJ, PLY and STL are written in millimetres, GLB in metres (glTF);\n"
+                "the unit is in a .json sidecar. OBJ, PLY and GLB keep the vertex colours; STL has none."
             )
         )
         for text, sig in (
