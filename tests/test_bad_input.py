@@ -400,7 +400,8 @@ def test_prepare_lists_every_failure_and_exits_nonzero(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "1 scans ready" in captured.out and "3 failed" in captured.out
     assert "Traceback" not in captured.err
-    listed = [line for line in captured.err.splitlines() if line.startswith("  ")]  # not the bar
+    # the failures, not the progress bar (which clears its line with spaces when it closes)
+    listed = [line for line in captured.err.splitlines() if line.startswith("  ") and line.strip()]
     assert len(listed) == 3
     assert any("002/1_neutral" in line for line in listed)
     assert any("003/1_neutral.json: unreadable scan metadata" in line for line in listed)
