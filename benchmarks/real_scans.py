@@ -30,7 +30,7 @@ from scipy.spatial.transform import Rotation
 from imface.config import FitConfig
 from imface.errors import UserError
 from imface.evaluate import pca_baseline
-from imface.fit.codes import _add_surface_scores, fit_scan
+from imface.fit.codes import fit_scan, surface_scores
 from imface.fit.refine import refine_to_scan
 from imface.fit.samples import scan_samples
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
@@ -94,11 +94,9 @@ def pca_side_by_side(pca, scan: Scan, alignment) -> dict:
     points, normals = (samples[k].numpy() for k in ("surface_points", "surface_normals"))
     coefficients = pca.fit(points, seed=0)
     vertices = pca.vertices(torch.from_numpy(coefficients)).detach().numpy().astype(np.float64)
-    plain: dict = {}
-    _add_surface_scores(plain, vertices, pca.faces, samples)
+    plain = surface_scores(vertices, pca.faces, samples)
     detail = refine_to_scan(vertices, pca.faces, points, normals)
-    refined: dict = {}
-    _add_surface_scores(refined, detail.apply(vertices), pca.faces, samples)
+    refined = surface_scores(detail.apply(vertices), pca.faces, samples)
     return {**_scores(refined), "codes_only": _scores(plain)}
 
 
@@ -126,18 +124,12 @@ def run_to_run(rows: list[dict]) -> dict | None:
 
 
 def synthetic_scans(folder: Path, count: int, seed: int) -> list[Path]:
-    """Neutral adults the training corpus never saw (its seeds differ): the wide population
-    (with eyeballs) where the generator has one, else the generator's default population."""
+    """Neutral adults of the wide population (with eyeballs) that the training corpus never saw
+    (its seeds differ)."""
     from imface.corpus import synth
 
-    if hasattr(synth, "Recipe"):
-        population = "wide" if "wide" in getattr(synth.anny_head, "POPULATIONS", ()) else "mixed"
-        recipe = synth.Recipe(seed=seed, extra=0, only=("1_neutral",), population=population)
-        synth.write_corpus(folder, identities=count, recipe=recipe, progress=False)
-    else:
-        synth.write_corpus(
-            folder, identities=count, seed=seed, extra=0, progress=False, expressions=("1_neutral",)
-        )
+    recipe = synth.Recipe(seed=seed, extra=0, only=("1_neutral",), population="wide")
+    synth.write_corpus(folder, count, recipe, progress=False)
     return sorted(folder.glob("*/1_neutral.ply"))
 
 

@@ -283,15 +283,9 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_corpus(
-    out: Path,
-    identities: int,
-    recipe: Recipe = Recipe(),
-    workers: int = 1,
-    progress: bool = True,
-) -> list[str]:
-    """Write the corpus and return its scan keys (a tqdm bar unless `progress` is False)."""
-    return drive_with_tqdm(write_corpus_job(out, identities, recipe, workers), disable=not progress)
+def write_corpus(out: Path, identities: int, *args, progress: bool = True, **kwargs) -> list[str]:
+    """`write_corpus_job` run to its end (a tqdm bar unless `progress` is False): the scan keys."""
+    return drive_with_tqdm(write_corpus_job(out, identities, *args, **kwargs), disable=not progress)
 
 
 def write_corpus_job(

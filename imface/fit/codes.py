@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from imface.config import FitConfig, LossWeights
 from imface.errors import UserError
-from imface.fit.refine import Detail, refine_to_scan
+from imface.fit.refine import refine_to_scan
 from imface.model import Codes, ImFace, spatial_gradient
 from imface.units import MM_PER_UNIT
 
@@ -212,7 +212,6 @@ class FitResult:
     faces: np.ndarray
     alignment: object  # imface.scan.align.Alignment
     report: dict
-    detail: Detail | None = None  # per-vertex offsets of the detail stage (model frame)
 
 
 def fit_scan(
@@ -271,19 +270,17 @@ def fit_scan(
     extracting = time.perf_counter()
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
-    vertices, detail = mesh.vertices, None
+    vertices = mesh.vertices
     if cfg.detail_stage:
-        codes_only: dict = {}
-        _add_surface_scores(codes_only, mesh.vertices, mesh.faces, samples)
-        report["codes_only"] = codes_only
+        report["codes_only"] = surface_scores(mesh.vertices, mesh.faces, samples)
         refining = time.perf_counter()
         points, normals = (samples[k].cpu().numpy() for k in ("surface_points", "surface_normals"))
         detail = refine_to_scan(mesh.vertices, mesh.faces, points, normals)
         vertices = detail.apply(mesh.vertices)
         report.update(detail.summary(), detail_seconds=round(time.perf_counter() - refining, 2))
-    _add_surface_scores(report, vertices, mesh.faces, samples)
+    report.update(surface_scores(vertices, mesh.faces, samples))
     report["seconds"] = round(time.perf_counter() - started, 2)
-    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail)
+    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report)
 
 
 def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
@@ -354,22 +351,23 @@ def _report(fit, distances, alignment, started) -> dict:
     }
 
 
-def _add_surface_scores(report: dict, vertices, faces, samples) -> None:
+def surface_scores(vertices, faces, samples) -> dict:
     """Chamfer and F-scores against the scan in the model frame (mm), inside the protocol's
     region: the 100 mm sphere the scan was cropped to (the extraction cube's corners lie
     outside it). A real scan often covers less than that sphere (cut at the hairline, the
     cheeks), and the fitted surface beyond its edge has nothing to be compared with, so
-    `report["on_scan"]` scores the fitted surface again inside the scan's footprint only: the
+    `"on_scan"` scores the fitted surface again inside the scan's footprint only: the
     points whose front view (x, y of the model frame) falls within 3 mm of the scan's own."""
     from imface.metrics import SurfaceSample, compare_samples, sample_in_region
 
     fitted = sample_in_region(vertices, faces, 50_000, np.zeros(3), 1.0)
     target = SurfaceSample(*(samples[k].cpu().numpy() for k in ("surface_points", "surface_normals")))
-    report.update(compare_samples(fitted, target))
+    scores = compare_samples(fitted, target)
     inside = cKDTree(target.points[:, :2]).query(fitted.points[:, :2])[0] < FOOTPRINT_MM / MM_PER_UNIT
     if inside.any():
         covered = SurfaceSample(fitted.points[inside], fitted.normals[inside])
-        report["on_scan"] = compare_samples(covered, target) | {"fitted_percent": float(100 * inside.mean())}
+        scores["on_scan"] = compare_samples(covered, target) | {"fitted_percent": float(100 * inside.mean())}
+    return scores
 
 
 FOOTPRINT_MM = 3.0
@@ -521,6 +519,7 @@ def _write_fit(
 def _fitted_colour(result: FitResult, checkpoint, scan):
     """(albedo, per-vertex colours of the fitted mesh) for a coloured scan, else (None, None);
     the report says which ("colour")."""
+    from imface.appearance import colours_for
     from imface.correspond import template_coordinates
     from imface.session import scan_albedo
 
@@ -532,7 +531,8 @@ def _fitted_colour(result: FitResult, checkpoint, scan):
         result.report["colour"] = "none (no colour of the scan lies on the fitted face: neutral albedo)"
         return None, None
     model_vertices = result.alignment.to_model(result.vertices)
-    colors = albedo.lookup(template_coordinates(checkpoint.model, result.codes, model_vertices))
+    to_template = lambda p: template_coordinates(checkpoint.model, result.codes, p)  # noqa: E731
+    colors = colours_for(to_template, model_vertices, albedo)
     result.report["colour"] = albedo.describe()
     return albedo, colors
 

@@ -66,20 +66,9 @@ def run(args) -> int:
     return 0 if records and not failed else 1
 
 
-def prepare(
-    sources: list[ScanSource],
-    out: Path,
-    n_surface=250_000,
-    n_space=15_000,
-    workers=1,
-    seed=0,
-    unit=None,
-    kind="scans",
-    progress=True,
-):
-    """Prepare every scan not already in the cache; returns (records, [(key, error)])."""
-    job = prepare_job(sources, out, n_surface, n_space, workers, seed, unit, kind)
-    return drive_with_tqdm(job, disable=not progress)
+def prepare(sources: list[ScanSource], out: Path, *args, progress: bool = True, **kwargs):
+    """`prepare_job` run to its end with a tqdm bar; returns (records, [(key, error)])."""
+    return drive_with_tqdm(prepare_job(sources, out, *args, **kwargs), disable=not progress)
 
 
 def prepare_job(
