@@ -217,3 +217,48 @@ def test_a_new_run_can_start_from_a_checkpoint_of_the_same_scans(tmp_path, spher
         Trainer(other, sphere_training_set(sphere_cache), tmp_path / "c", Dist()).start_from(
             tmp_path / "a" / MODEL_FILE
         )
+
+
+def test_a_run_on_a_grown_corpus_starts_from_a_checkpoint_of_fewer_people(tmp_path, sphere_cache):
+    from imface.train.trainer import TrainingSet
+
+    cfg = tiny_config(epochs=10)
+    one_person = [f"000/{e}_expr" for e in (1, 2, 3)]
+    (tmp_path / "a").mkdir()
+    first = Trainer(cfg, TrainingSet.open(sphere_cache, 0, 0, one_person), tmp_path / "a", Dist())
+    first.run(max_steps=3)
+    (tmp_path / "b").mkdir()
+    grown = Trainer(cfg, sphere_training_set(sphere_cache), tmp_path / "b", Dist())
+    fresh_codes = grown.decoder.id_codes.detach().clone()
+    grown.start_from(tmp_path / "a" / MODEL_FILE)
+    assert grown.step == 3
+    assert torch.equal(grown.decoder.id_codes[0], first.decoder.id_codes[0])
+    assert torch.equal(grown.decoder.id_codes[1], fresh_codes[1])  # the new person starts fresh
+    assert torch.equal(grown.decoder.exp_codes[:2], first.decoder.exp_codes)
+    for (name, a), b in zip(
+        first.decoder.model.state_dict().items(), grown.decoder.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # the other way round would train on a person the new run holds out
+    grown.run(max_steps=4)
+    (tmp_path / "d").mkdir()
+    holding_out = Trainer(cfg, TrainingSet.open(sphere_cache, 0, 0, one_person), tmp_path / "d", Dist())
+    with pytest.raises(UserError, match="held-out person would have been seen"):
+        holding_out.start_from(tmp_path / "b" / MODEL_FILE)
+
+
+def _train_holding_out(cache, out, people):
+    command = [a for a in _train_command(cache, out, "--hold-out", people, "--max-steps", "1")]
+    i = command.index("--test-identities")
+    del command[i : i + 2]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def test_hold_out_names_the_held_out_people(tmp_path, sphere_cache):
+    done = _train_holding_out(sphere_cache, tmp_path / "run", "001")
+    assert done.returncode == 0, done.stderr
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test_identities"] == ["001"]
+    assert sorted(split["train_keys"]) == [f"000/{e}_expr" for e in (1, 2, 3)]
+    refused = _train_holding_out(sphere_cache, tmp_path / "bad", "007")
+    assert refused.returncode != 0 and "no person 007" in refused.stderr

@@ -289,10 +289,12 @@ def write_corpus(out: Path, identities: int, *args, progress: bool = True, **kwa
 
 
 def write_corpus_job(
-    out: Path, identities: int, recipe: Recipe = Recipe(), workers: int = 1
+    out: Path, identities: int, recipe: Recipe = Recipe(), workers: int = 1, first: int = 0
 ) -> Job[list[str]]:
     """The corpus as a job: one Progress record per finished person; closing it stops the
-    workers (people already written stay, each complete)."""
+    workers (people already written stay, each complete). People are numbered from `first`
+    (0-based): a second corpus with the same seed and a later `first` holds new people, so it
+    extends the first one (prepare both into one cache)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     yield Progress("Synthesising people", 0, identities, "building the Anny head")
@@ -304,7 +306,7 @@ def write_corpus_job(
             raise UserError(f"unknown expressions {', '.join(unknown)} (see {anny_head.EXPRESSIONS_FILE})")
     if recipe.population not in anny_head.POPULATIONS:
         raise UserError(f"--population must be one of {', '.join(anny_head.POPULATIONS)}")
-    jobs = [(i, str(out), recipe) for i in range(identities)]
+    jobs = [(i, str(out), recipe) for i in range(first, first + identities)]
     keys: list[str] = []
     for done, person_keys in enumerate(_people(jobs, workers), 1):
         keys += person_keys
@@ -312,6 +314,7 @@ def write_corpus_job(
     info = {
         "kind": "imface-synthetic-anny",
         "identities": identities,
+        "first_identity": identity_name(first),
         **{k: v for k, v in dataclasses.asdict(recipe).items() if k != "only"},
         "extra_expressions": recipe.extra,
         "expressions": list(recipe.only or gen.expressions),
@@ -342,6 +345,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--identities", type=int, default=20, help="number of people")
     parser.add_argument("--out", required=True, help="output folder (FaceScape TU layout)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=1,
+        help="number of the first person: --first 49 with the same seed adds new people to a "
+        "corpus of 48 (prepare both folders into one cache)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument(
         "--extra",
@@ -382,6 +392,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.identities < 1:
         raise UserError("--identities must be at least 1")
+    if args.first < 1:
+        raise UserError("--first is a person number, from 1")
     if not 0.0 <= args.variants <= 1.0:
         raise UserError("--variants is a fraction of the scans, between 0 and 1")
     only = args.expressions.split(",") if args.expressions else None
@@ -394,6 +406,7 @@ def run(args) -> int:
         eyeballs=not args.no_eyeballs,
         variants=args.variants,
     )
-    keys = write_corpus(Path(args.out), args.identities, recipe, max(1, args.workers))
-    print(f"wrote {len(keys)} scans of {args.identities} identities to {args.out}")
+    keys = write_corpus(Path(args.out), args.identities, recipe, max(1, args.workers), args.first - 1)
+    last = identity_name(args.first - 2 + args.identities)
+    print(f"wrote {len(keys)} scans of people {identity_name(args.first - 1)}-{last} to {args.out}")
     return 0

@@ -97,6 +97,15 @@ class Corpus:
         train = [s["key"] for s in self.scans if s["identity"] not in test]
         return train, [s["key"] for s in self.scans if s["identity"] in test]
 
+    def split_people(self, held_out: list[str]) -> tuple[list[str], list[str]]:
+        """(train keys, test keys) holding out exactly these people."""
+        unknown = sorted(set(held_out) - set(self.identities))
+        if unknown:
+            raise UserError(f"{self.root}: no person {', '.join(unknown)} in this cache")
+        test = set(held_out)
+        train = [s["key"] for s in self.scans if s["identity"] not in test]
+        return train, [s["key"] for s in self.scans if s["identity"] in test]
+
     def split_for(self, trained_identities: list[str]) -> tuple[list[str], list[str]]:
         """(train keys, test keys) for a model trained on these identities: every other person is
         held out (so the split survives scans being added to the cache later)."""

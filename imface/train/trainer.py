@@ -304,20 +304,32 @@ class Trainer:
         return True
 
     def start_from(self, path) -> None:
-        """Weights, codes and step of a checkpoint trained on exactly these scans."""
+        """Weights, codes and step of a checkpoint trained on these scans or on a subset of them
+        (a corpus grown with more people or scans): the codes it has are copied by label, the
+        others start as a fresh run's. Every person it trained on must train here too, so a
+        person held out now was never seen."""
         from imface.io import load_checkpoint
 
         ckpt = load_checkpoint(path)
         if ckpt.config.to_dict() != self.cfg.model.to_dict():
             raise UserError(f"{path}: its model config differs from this run's; cannot start from it")
         data = self.data
-        expressive = [data.keys[i] for i in range(len(data.keys)) if data.exp_index[i] >= 0]
-        if ckpt.codes.identity_labels != data.identity_names or ckpt.codes.expression_keys != expressive:
-            raise UserError(f"{path}: trained on other scans than this run's split; cannot start from it")
+        people = {name: i for i, name in enumerate(data.identity_names)}
+        expressive = {data.keys[i]: int(data.exp_index[i]) for i in range(len(data.keys)) if data.exp_index[i] >= 0}
+        unseen = [n for n in ckpt.codes.identity_labels if n not in people]
+        unseen += [k for k in ckpt.codes.expression_keys if k not in expressive]
+        if unseen:
+            raise UserError(
+                f"{path}: trained on scans this run does not train on (e.g. {unseen[0]}); "
+                "cannot start from it (a held-out person would have been seen)"
+            )
+        id_rows = torch.tensor([people[n] for n in ckpt.codes.identity_labels], dtype=torch.long)
+        exp_rows = torch.tensor([expressive[k] for k in ckpt.codes.expression_keys], dtype=torch.long)
         with torch.no_grad():
             self.decoder.model.load_state_dict(ckpt.model.state_dict())
-            self.decoder.id_codes.copy_(ckpt.codes.z_id)
-            self.decoder.exp_codes[: len(expressive)].copy_(ckpt.codes.z_exp)
+            self.decoder.id_codes[id_rows] = ckpt.codes.z_id.to(self.decoder.id_codes)
+            if len(exp_rows):
+                self.decoder.exp_codes[exp_rows] = ckpt.codes.z_exp.to(self.decoder.exp_codes)
         self.step = int(ckpt.meta.get("step", 0))
         self.epoch = self.step // self.batches_per_epoch
 
@@ -459,6 +471,11 @@ def add_arguments(parser) -> None:
         type=float,
         help=f"held out (count or fraction; default {DEFAULT_TEST_IDENTITIES}); --resume keeps the run's",
     )
+    parser.add_argument(
+        "--hold-out",
+        help="comma-separated people to hold out (e.g. those a checkpoint given to --init-from "
+        "held out), instead of --test-identities",
+    )
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
     parser.add_argument("--device", choices=["cpu", "cuda"])
@@ -466,8 +483,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
     parser.add_argument(
         "--init-from",
-        help="start a new run from a checkpoint trained on the same scans (its weights, codes and "
-        "step; a fresh optimiser): continues the shipped model where its run folder is gone",
+        help="start a new run from a checkpoint trained on these scans or a subset of them (its "
+        "weights, codes and step; a fresh optimiser): continues the shipped model where its run "
+        "folder is gone, or on a corpus grown with more people (with --hold-out its held-out people)",
     )
 
 
@@ -500,6 +518,8 @@ def run(args) -> int:
         if files.holds_run():
             raise UserError(f"{files.root}: already holds a run; use --resume or another --out")
         cfg, split = build_config(args), None
+        if args.hold_out:
+            split = _split_holding_out(args.corpus, args.hold_out, args.test_identities)
     held_out = _held_out(args.test_identities, split)
     env = init_distributed(args.device)
     data = TrainingSet.open(args.corpus, held_out, cfg.seed, split["train_keys"] if split else None)
@@ -507,7 +527,7 @@ def run(args) -> int:
         files.root.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             files.write_config(cfg)
-        if split is None:
+        if not args.resume:
             files.write_split(held_out, data.keys, data.held_out_identities)
     # the corpus by folder name only: checkpoints get shared, machine paths should not travel with them
     meta = {"corpus": Path(args.corpus).name, "test_identities": held_out}
@@ -524,6 +544,17 @@ def run(args) -> int:
     if env.main:
         print(json.dumps({"steps": steps, "epoch": trainer.epoch, "checkpoint": str(files.model)}))
     return 0
+
+
+def _split_holding_out(cache, names: str, requested: float | None) -> dict:
+    """The split that holds out exactly these people (comma-separated names)."""
+    from imface.samples.cache import Corpus
+
+    if requested is not None:
+        raise UserError("--hold-out names the held-out people; leave out --test-identities")
+    people = sorted({n.strip() for n in names.split(",") if n.strip()})
+    train, _ = Corpus.open(cache).split_people(people)
+    return {"requested": float(len(people)), "train_keys": train, "test_identities": people}
 
 
 def _held_out(requested: float | None, split: dict | None) -> float:
