@@ -16,7 +16,7 @@ from PyQt6.QtGui import QUndoCommand, QUndoStack
 
 from imface.errors import UserError
 from imface.extract import Mesh
-from imface.session import Albedo, FaceCodes, FitOutcome, LoadedScan, Session
+from imface.session import Albedo, DetailMap, FaceCodes, FitOutcome, LoadedScan, Session
 
 PRESET_FORMAT = "imface-preset/1"
 SLIDER_RANGE = 3.0  # sliders span +- 3 standard deviations; values are clamped to it
@@ -55,6 +55,7 @@ class Document(QObject):
     fitChanged = pyqtSignal()
     colorModeChanged = pyqtSignal()
     albedoChanged = pyqtSignal()
+    detailChanged = pyqtSignal()
     slotsChanged = pyqtSignal()
 
     def __init__(self, face_model: Session, parent: QObject | None = None):
@@ -67,6 +68,7 @@ class Document(QObject):
         self.color_mode: str = "shaded"  # shaded | coords | checker | uv | image | albedo
         self.texture_image: np.ndarray | None = None
         self.albedo: Albedo | None = None  # the face's own colour in template space
+        self.detail: DetailMap | None = None  # a fitted person's detail, on every face shown
         self.slots: dict[str, FaceCodes | None] = {"A": None, "B": None}
         self.mesh: Mesh | None = None  # the current face mesh (derived from codes; not undone)
         self.face_colors: np.ndarray | None = None  # painted colours of `mesh` (derived)
@@ -85,11 +87,13 @@ class Document(QObject):
         self.mesh = None
         self.face_colors = None
         self.albedo = None  # template space belongs to its model
+        self.detail = None
         if self.color_mode == "albedo":
             self.color_mode = "shaded"
         self.modelChanged.emit()
         self.codesChanged.emit(False)
         self.fitChanged.emit()
+        self.detailChanged.emit()
         self.slotsChanged.emit()
 
     # -- applying (only commands call this) ----------------------------------------------------
@@ -115,6 +119,9 @@ class Document(QObject):
             self.albedo, self.color_mode = value
             self.albedoChanged.emit()
             self.colorModeChanged.emit()
+        elif attr == "detail":
+            self.detail = value
+            self.detailChanged.emit()
         elif attr == "slots":
             self.slots = dict(value)
             self.slotsChanged.emit()
@@ -243,7 +250,16 @@ class Document(QObject):
         )
         if outcome.albedo is not None:
             self.set_albedo(outcome.albedo, "Colour of the fitted scan")
+        if outcome.detail is not None:
+            self.set_detail(outcome.detail, "Detail of the fitted scan")
         self.undo_stack.endMacro()
+
+    def set_detail(self, detail: DetailMap | None, text: str = ""):
+        """Put a fitted person's detail on every face (None: the model's surface only)."""
+        if detail is self.detail:
+            return
+        text = text or ("Apply detail" if detail is not None else "Drop detail")
+        self.undo_stack.push(SetCommand(self, "detail", detail, self.detail, text))
 
     # -- presets -----------------------------------------------------------------------------------
     def preset_dict(self, name: str = "") -> dict:

@@ -14,13 +14,22 @@ import time
 import traceback
 from typing import Any
 
+import numpy as np
 from PyQt6.QtCore import QObject, QThread, pyqtSignal
 
 from imface.errors import UserError
-from imface.extract import BandCache, LatestValue
+from imface.extract import BandCache, LatestValue, Mesh
 from imface.extract.repair import vertex_normals
 from imface.jobs import Cancelled, Job, Progress, drive
-from imface.session import DEFAULT_QUALITY, PREVIEW_RESOLUTION, FaceCodes, Morpher, Session
+from imface.session import (
+    DEFAULT_QUALITY,
+    PREVIEW_RESOLUTION,
+    DetailMap,
+    FaceCodes,
+    Morpher,
+    Session,
+    along_normals,
+)
 
 PROGRESS_INTERVAL = 0.05  # s: at most 20 progress signals a second reach the GUI thread
 
@@ -149,6 +158,8 @@ class MeshPipeline(QObject):
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self._morpher: Morpher | None = None
+        self._base_offsets: np.ndarray | None = None  # the detail's offsets at the morph base's vertices
+        self.detail: DetailMap | None = None  # a fitted person's detail, put on every face
         self._cache = BandCache()
         self.served = 0
         self.idle = threading.Event()
@@ -161,6 +172,11 @@ class MeshPipeline(QObject):
         self.session = session
         self._morpher = None
         self._cache = BandCache()
+
+    def set_detail(self, detail: DetailMap | None):
+        """Every face from now on carries this fitted detail (None: the model's surface only)."""
+        self.detail = detail
+        self._morpher = None  # the next live step starts from a detailed base
 
     def set_quality(self, name: str):
         self.quality = name
@@ -213,13 +229,28 @@ class MeshPipeline(QObject):
         morpher = self._morpher if self._morpher is not None and self._morpher.session is session else None
         if morpher is not None:
             frame = morpher.morph(codes)
-            normals = vertex_normals(frame.vertices, morpher.faces) if frame.sound else None
-            self.morphed.emit(frame.vertices, normals, codes, frame)
+            vertices, normals = frame.vertices, None
+            if frame.sound:
+                if self._base_offsets is not None:
+                    vertices = along_normals(vertices, morpher.faces, self._base_offsets)
+                normals = vertex_normals(vertices, morpher.faces)
+            self.morphed.emit(vertices, normals, codes, frame)
             if frame.sound or self._box.pending():
                 return
         mesh = session.extract(codes, PREVIEW_RESOLUTION)
-        self.meshReady.emit(mesh, vertex_normals(mesh.vertices, mesh.faces), codes, "preview")
-        self._morpher = session.morpher(mesh, codes)
+        self._show(session, mesh, codes, "preview", morph_base=True)
+
+    def _show(self, session: Session, mesh: Mesh, codes: FaceCodes, stage: str, morph_base: bool):
+        """Emit a face with the fitted detail on it; a morph base keeps the model's surface for the
+        next drag and the detail as fixed offsets (a morph keeps every vertex's template
+        coordinates, so each vertex keeps its offset)."""
+        offsets = None if self.detail is None else session.detail_offsets(codes, mesh.vertices, self.detail)
+        shown = (
+            mesh if offsets is None else Mesh(along_normals(mesh.vertices, mesh.faces, offsets), mesh.faces)
+        )
+        self.meshReady.emit(shown, vertex_normals(shown.vertices, shown.faces), codes, stage)
+        if morph_base:
+            self._morpher, self._base_offsets = session.morpher(mesh, codes), offsets
 
     def _interrupted(self) -> bool:
         return self._cancel.is_set() or self._stop.is_set() or self._box.pending()
@@ -229,17 +260,17 @@ class MeshPipeline(QObject):
 
         def show(record: Progress):
             self.progressed.emit(record)
-            if record.preview is not None:
-                stage, mesh = record.preview
-                self.meshReady.emit(mesh, vertex_normals(mesh.vertices, mesh.faces), codes, stage)
+            if record.preview is None:
+                return
+            stage, mesh = record.preview
+            self._show(session, mesh, codes, stage, morph_base=stage == "fine")
 
         try:
-            mesh = drive(job, show, self._interrupted)
+            drive(job, show, self._interrupted)
         except Cancelled:
             return
         finally:
             self.progressed.emit(None)
-        self._morpher = session.morpher(mesh, codes)
 
 
 def wait_for(condition, timeout: float, step_ms: int = 10) -> bool:

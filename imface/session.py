@@ -28,6 +28,7 @@ from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
 from imface.extract import BandCache, Mesh, MorphEngine, extract_narrow_band, face_sdf, refine
 from imface.extract.repair import MORPH_RADIUS, crop_to_region, edge_bound, repair_morph
 from imface.fit.codes import FitCancelled, fit_scan
+from imface.fit.refine import DetailMap, along_normals
 from imface.generate import FACESCAPE_EXPRESSIONS, export_rig, expression_codes, write_face
 from imface.io import DEFAULT_CHECKPOINT, Checkpoint, CodeStats, TrainedCodes, load_checkpoint
 from imface.jobs import Cancelled, Job, Progress
@@ -175,6 +176,7 @@ class FitOutcome:
     alignment: Alignment
     report: dict
     albedo: Albedo | None = None  # the scan's colour in template space; None: the scan had none
+    detail: DetailMap | None = None  # the person's detail in template space; None: --no-detail
 
 
 @dataclass
@@ -336,6 +338,11 @@ class Session:
             out = template_coordinates(self.model, self.torch_codes(codes), np.asarray(vertices, np.float32))
         return out.astype(np.float32)
 
+    def detail_offsets(self, codes: FaceCodes, vertices: np.ndarray, detail: DetailMap) -> np.ndarray:
+        """Per-vertex offsets (model units, along the normals) that give a face of these codes a
+        fitted person's detail."""
+        return detail.lookup(self.template_coordinates(codes, vertices))
+
     # -- scans and fitting -----------------------------------------------------------------------
     def load_scan_job(self, path: str | Path) -> Job[LoadedScan]:
         yield Progress("Loading scan", 0, 2, Path(path).name)
@@ -367,6 +374,7 @@ class Session:
             alignment,
             result.report,
             albedo,
+            result.detail,
         )
 
     # -- colour ---------------------------------------------------------------------------------
@@ -561,7 +569,8 @@ def _fit_in_thread(checkpoint: Checkpoint, scan: Scan, alignment: Alignment, con
 
 
 __all__ += [
-    "Albedo", "FACESCAPE_EXPRESSIONS", "QUALITY", "DEFAULT_QUALITY", "MORPH_RADIUS", "CodeSpace",
+    "Albedo", "DetailMap", "along_normals", "FACESCAPE_EXPRESSIONS", "QUALITY", "DEFAULT_QUALITY",
+    "MORPH_RADIUS", "CodeSpace",
     "FaceCodes", "scan_albedo", "FitOutcome", "LoadedScan", "MorphFrame", "Morpher", "Session",
     "distances_mm", "match_vertex", "paint_colors", "rig_summary", "MM_PER_UNIT",
 ]  # fmt: skip

@@ -183,6 +183,52 @@ def test_landmark_fit_gives_per_vertex_distances_and_undoes(window, qtbot, face_
     assert w.doc.fit is None and w.doc.codes.equals(before)
 
 
+def _surface_gap_mm(w) -> np.ndarray:
+    """|SDF| of the model at the shown face's vertices (mm): how far the face on screen stands
+    off the model's own surface for the current codes."""
+    import torch
+
+    from imface.extract import face_sdf
+
+    session = w.doc.face_model
+    sdf = face_sdf(session.model, session.torch_codes(w.doc.codes))
+    return np.abs(sdf(torch.from_numpy(np.asarray(w.doc.mesh.vertices, np.float32))).numpy()) * 100.0
+
+
+def test_fitted_detail_stays_on_the_face_through_morphs_and_undoes(window, qtbot, face_scan, tmp_path):
+    import trimesh
+
+    w = window()
+    path, landmarks = face_scan
+    mesh = trimesh.load(path, process=False)
+    # the scan: the model's face with a 4 mm bump on one cheek, which no code of the model has
+    centre = mesh.vertices[np.argmin(np.linalg.norm(mesh.vertices - [35.0, -10.0, 60.0], axis=1))]
+    bump = 4.0 * np.exp(-np.sum((mesh.vertices - centre) ** 2, axis=1) / (2 * 8.0**2))
+    bumped = tmp_path / "bumped.obj"
+    trimesh.Trimesh(mesh.vertices + bump[:, None] * mesh.vertex_normals, mesh.faces).export(bumped)
+    w.fit.auto_fit = False
+    w.fit.open_scan(str(bumped))
+    qtbot.waitUntil(lambda: w.doc.scan is not None, timeout=30000)
+    w.fit.landmarks = [np.asarray(p) for p in landmarks]
+    w.fit.start_fit(w.fit.landmarks)
+    qtbot.waitUntil(lambda: w.doc.fit is not None or bool(w.errors), timeout=600000)
+    assert w.errors == [] and w.doc.detail is w.doc.fit.detail is not None
+    assert w.fit_panel.detail_box.isEnabled() and w.fit_panel.detail_box.isChecked()
+    settle(w, qtbot)
+    assert _surface_gap_mm(w).max() > 2.0  # the bump is on the face shown
+    # another expression: the live morph and the re-extracted face both keep the bump
+    w.doc.set_expression(next(iter(w.doc.face_model.expression_codes)), 1.0)
+    settle(w, qtbot)
+    assert _surface_gap_mm(w).max() > 2.0
+    w.fit_panel.detail_box.setChecked(False)  # one undoable edit
+    settle(w, qtbot)
+    assert w.doc.detail is None and _surface_gap_mm(w).max() < 1.0
+    w.doc.undo_stack.undo()
+    settle(w, qtbot)
+    assert w.doc.detail is w.doc.fit.detail and w.fit_panel.detail_box.isChecked()
+    assert _surface_gap_mm(w).max() > 2.0
+
+
 @pytest.mark.parametrize(
     "name,content", [("notes.txt", "hello"), ("broken.obj", "v 1 2\nf x y z\n"), ("empty.ply", "")]
 )

@@ -60,7 +60,10 @@ def test_deterministic_for_a_seed(tmp_path, synth_corpus):  # noqa: F811
     assert same != (tmp_path / "b/001/2_smile.ply").read_bytes()
     # a corpus started at person 2 holds the same person 2: it extends the first corpus
     write_corpus(
-        tmp_path / "c", 1, Recipe(seed=3, extra=0, only=("2_smile",), population="moderate"), first=1,
+        tmp_path / "c",
+        1,
+        Recipe(seed=3, extra=0, only=("2_smile",), population="moderate"),
+        first=1,
         progress=False,
     )
     assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir()) == ["002"]

@@ -78,3 +78,23 @@ def test_far_or_back_facing_samples_are_ignored():
     assert np.abs(detail.offsets).max() < 1e-9
     flipped = refine_to_scan(mesh.vertices, mesh.faces, points * 1.02, -normals)
     assert not flipped.supported.any()
+
+
+def test_a_detail_map_puts_the_detail_on_another_mesh_of_the_same_template():
+    """Offsets stored at template coordinates come back on a different mesh (another resolution,
+    another pose of the face) at the same template points, and fade out far from every sample."""
+    from imface.fit.refine import DetailMap, along_normals
+
+    fine = _sphere(0.5, subdivisions=5)
+    template = fine.vertices / 0.5  # the template coordinates of a sphere face: its directions
+    bump = np.exp(-((template[:, 2] - 1.0) ** 2) / 0.02) * 3 * MM  # a 3 mm bump at the pole
+    detail = DetailMap(template[template[:, 2] > -0.5], bump[template[:, 2] > -0.5])
+    coarse = _sphere(0.8, subdivisions=4)  # another face with the same template, fewer vertices
+    coarse_template = coarse.vertices / 0.8
+    offsets = detail.lookup(coarse_template)
+    expected = np.exp(-((coarse_template[:, 2] - 1.0) ** 2) / 0.02) * 3 * MM
+    covered = coarse_template[:, 2] > -0.45
+    assert np.abs(offsets - expected)[covered].max() < 0.15 * MM
+    assert np.abs(offsets[coarse_template[:, 2] < -0.6]).max() == 0.0  # no sample there: no detail
+    moved = along_normals(coarse.vertices, coarse.faces, offsets)
+    assert np.allclose(np.linalg.norm(moved, axis=1), 0.8 + offsets, atol=1e-4)

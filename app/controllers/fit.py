@@ -47,6 +47,9 @@ class FitController(QObject):
         panel.cancelRequested.connect(self.cancel_fit)
         doc.scanChanged.connect(self._scan_changed)
         doc.fitChanged.connect(self._fit_changed)
+        doc.fitChanged.connect(self._detail_changed)
+        doc.detailChanged.connect(self._detail_changed)
+        panel.detailToggled.connect(self._toggle_detail)
 
     @property
     def running(self) -> bool:
@@ -54,6 +57,18 @@ class FitController(QObject):
 
     def jobs_changed(self):
         self.w.fit_panel.set_running(self.running, self.w.doc.scan is not None)
+
+    # -- detail -------------------------------------------------------------------------------
+    def _toggle_detail(self, on: bool):
+        fit = self.w.doc.fit
+        self.w.doc.set_detail(fit.detail if on and fit is not None else None)
+
+    def _detail_changed(self):
+        doc = self.w.doc
+        fitted = doc.fit.detail if doc.fit is not None else None
+        on = doc.detail is not None
+        text = doc.detail.describe() if on else ""
+        self.w.fit_panel.show_detail(fitted is not None or on, on, text)
 
     # -- scans ----------------------------------------------------------------------------------
     def open_scan_dialog(self):

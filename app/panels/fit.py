@@ -4,7 +4,7 @@ with live loss, and the residual heat map summary."""
 from __future__ import annotations
 
 from PyQt6.QtCore import pyqtSignal
-from PyQt6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from app.panels.common import LossPlot
 
@@ -22,6 +22,7 @@ class FitPanel(QWidget):
     fitRequested = pyqtSignal()
     pickRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
+    detailToggled = pyqtSignal(bool)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -68,9 +69,25 @@ class FitPanel(QWidget):
             g.addWidget(QLabel(name), r, 0)
             g.addWidget(w, r, 1)
         lay.addLayout(g)
+        self.detail_box = QCheckBox("Fitted detail on every face (follows morphs)")
+        self.detail_box.setToolTip(
+            "The fit's person-specific detail (lips, lids, wrinkles the codes miss), stored in "
+            "template space: it stays on the face through every expression and morph"
+        )
+        self.detail_box.setEnabled(False)
+        self.detail_box.toggled.connect(self.detailToggled)
+        lay.addWidget(self.detail_box)
         self.plot = LossPlot(self, "fit loss")
         lay.addWidget(self.plot, 1)
         self.set_running(False, has_scan=False)
+
+    def show_detail(self, available: bool, on: bool, text: str = ""):
+        """The checkbox shows the document's state without echoing it back as a new edit."""
+        self.detail_box.blockSignals(True)
+        self.detail_box.setEnabled(available)
+        self.detail_box.setChecked(on)
+        self.detail_box.setToolTip(text or self.detail_box.toolTip())
+        self.detail_box.blockSignals(False)
 
     def set_running(self, running: bool, has_scan: bool = True):
         self.fit_btn.setEnabled(not running and has_scan)

@@ -367,14 +367,14 @@ def add_arguments(parser) -> None:
         "--subdivisions",
         type=int,
         default=2,
-        help="Loop subdivisions of the Anny mesh before adding detail (default: 2)",
+        help="Loop subdivisions of the Anny mesh before adding detail",
     )
     parser.add_argument(
         "--population",
         choices=anny_head.POPULATIONS,
         default="mixed",
         help="moderate: near the average face (the first corpus); wide: Anny's whole adult range; "
-        "mixed: each person one or the other (default: mixed)",
+        "mixed: each person one or the other",
     )
     parser.add_argument(
         "--variants",

@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from imface.config import FitConfig, LossWeights
 from imface.errors import UserError
-from imface.fit.refine import refine_to_scan
+from imface.fit.refine import DetailMap, refine_to_scan
 from imface.model import Codes, ImFace, spatial_gradient
 from imface.units import MM_PER_UNIT
 
@@ -212,6 +212,7 @@ class FitResult:
     faces: np.ndarray
     alignment: object  # imface.scan.align.Alignment
     report: dict
+    detail: DetailMap | None = None  # the detail stage's offsets in template space (any face takes them)
 
 
 def fit_scan(
@@ -238,6 +239,7 @@ def fit_scan(
     far from the scan is restarted; if it stays far, `on_poor_fit="raise"` raises FitFailed and
     "flag" returns it with report["ok"] False and report["warning"].
     """
+    from imface.correspond import template_coordinates
     from imface.extract import face_mesh
     from imface.fit.samples import scan_samples
     from imface.scan.align import align_scan
@@ -270,17 +272,19 @@ def fit_scan(
     extracting = time.perf_counter()
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
-    vertices = mesh.vertices
+    vertices, detail_map = mesh.vertices, None
     if cfg.detail_stage:
         report["codes_only"] = surface_scores(mesh.vertices, mesh.faces, samples)
         refining = time.perf_counter()
         points, normals = (samples[k].cpu().numpy() for k in ("surface_points", "surface_normals"))
         detail = refine_to_scan(mesh.vertices, mesh.faces, points, normals)
         vertices = detail.apply(mesh.vertices)
+        template = template_coordinates(checkpoint.model, fit.codes, mesh.vertices)
+        detail_map = DetailMap(template, detail.offsets, Path(where).name if where else "")
         report.update(detail.summary(), detail_seconds=round(time.perf_counter() - refining, 2))
     report.update(surface_scores(vertices, mesh.faces, samples))
     report["seconds"] = round(time.perf_counter() - started, 2)
-    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report)
+    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail_map)
 
 
 def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
@@ -413,7 +417,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--restarts", type=int, default=FitConfig.restarts)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument(
-        "--unit", choices=("auto", "m", "cm", "mm"), default="auto", help="the scan's unit (default: guessed)"
+        "--unit",
+        choices=("auto", "m", "cm", "mm"),
+        default="auto",
+        help="the scan's unit (auto: guessed from its size)",
     )
     parser.add_argument(
         "--landmarks",

@@ -56,6 +56,60 @@ class Detail:
         }
 
 
+DETAIL_RADIUS = 0.02  # template units (2 mm): full offset this close to a sample, none at twice it
+DETAIL_NEIGHBOURS = 4
+
+
+@dataclass(eq=False)
+class DetailMap:
+    """A person's detail in template space: the offsets of a fitted mesh stored at its vertices'
+    template coordinates. Every face of the model warps to the same template, so any face (another
+    expression, a morph, a re-extraction at another resolution) takes the person's detail by
+    looking its vertices' template coordinates up and moving them along their normals."""
+
+    template: np.ndarray  # (N, 3) float32 template coordinates of the fitted mesh's vertices
+    offsets: np.ndarray  # (N,) float32 model units along the normals
+    source: str = ""
+    _tree: object = None
+
+    def __post_init__(self):
+        self.template = np.ascontiguousarray(self.template, np.float32).reshape(-1, 3)
+        self.offsets = np.ascontiguousarray(self.offsets, np.float32).reshape(-1)
+        if len(self.template) != len(self.offsets) or not len(self.offsets):
+            raise ValueError(f"detail map: {len(self.template)} points but {len(self.offsets)} offsets")
+
+    def describe(self) -> str:
+        mm = np.abs(self.offsets) * MM_PER_UNIT
+        origin = f" of {self.source}" if self.source else ""
+        return f"fitted detail{origin}: mean {mm.mean():.2f} mm, 95% {np.quantile(mm, 0.95):.2f} mm"
+
+    def lookup(self, template: np.ndarray) -> np.ndarray:
+        """(M,) offsets at template coordinates (inverse-distance weights of the nearest samples),
+        fading to zero away from every sample (parts of a face the fitted mesh did not have)."""
+        template = np.asarray(template, np.float32).reshape(-1, 3)
+        if not len(template):
+            return np.zeros(0, np.float32)
+        if self._tree is None:
+            self._tree = cKDTree(self.template)
+        k = min(DETAIL_NEIGHBOURS, len(self.offsets))
+        distance, index = self._tree.query(template, k=k)
+        distance, index = distance.reshape(len(template), k), index.reshape(len(template), k)
+        weights = 1.0 / np.maximum(distance, 1e-5) ** 2
+        values = (self.offsets[index] * weights).sum(1) / weights.sum(1)
+        cover = np.clip(2.0 - distance[:, 0] / DETAIL_RADIUS, 0.0, 1.0)
+        return (cover * values).astype(np.float32)
+
+    def apply(self, vertices: np.ndarray, faces: np.ndarray, template: np.ndarray) -> np.ndarray:
+        """A face (model frame) with this detail: its vertices' template coordinates given."""
+        return along_normals(vertices, faces, self.lookup(template))
+
+
+def along_normals(vertices: np.ndarray, faces: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """`vertices` moved by per-vertex `offsets` along the mesh's current vertex normals."""
+    normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
+    return (np.asarray(vertices, np.float64) + np.asarray(offsets)[:, None] * normals).astype(np.float32)
+
+
 def refine_to_scan(
     vertices: np.ndarray,
     faces: np.ndarray,

@@ -315,7 +315,9 @@ class Trainer:
             raise UserError(f"{path}: its model config differs from this run's; cannot start from it")
         data = self.data
         people = {name: i for i, name in enumerate(data.identity_names)}
-        expressive = {data.keys[i]: int(data.exp_index[i]) for i in range(len(data.keys)) if data.exp_index[i] >= 0}
+        expressive = {
+            data.keys[i]: int(data.exp_index[i]) for i in range(len(data.keys)) if data.exp_index[i] >= 0
+        }
         unseen = [n for n in ckpt.codes.identity_labels if n not in people]
         unseen += [k for k in ckpt.codes.expression_keys if k not in expressive]
         if unseen:
