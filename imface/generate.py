@@ -201,22 +201,37 @@ def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
 
 
 def export_rig(
-    model, z_id, expressions, out_dir: str | Path, resolution: int = 128, fmt: str = "obj", albedo=None
+    model,
+    z_id,
+    expressions,
+    out_dir: str | Path,
+    resolution: int = 128,
+    fmt: str = "obj",
+    albedo=None,
+    detail=None,
 ) -> dict:
     """Write 1_neutral.<fmt> and <label>.<fmt> per expression (mm; GLB in m) and rig.glb (m) with
     one morph target per expression; rig.json records every file's unit. With an albedo, every
     mesh carries the same vertex colours: the rig keeps one topology whose vertices keep their
-    template points, so the colours of the neutral face hold for every expression."""
+    template points, so the colours of the neutral face hold for every expression. A fitted
+    person's detail (DetailMap) moves every mesh along its normals by the same per-vertex offsets."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base, faces, targets, failures = build_rig(model, z_id, expressions, resolution)
+    neutral = Codes(z_id, torch.zeros(model.config.exp_dim), torch.tensor([True]))
     colors = None
     if albedo is not None:
         from imface.appearance import colours_for
         from imface.correspond import template_coordinates
 
-        neutral = Codes(z_id, torch.zeros(model.config.exp_dim), torch.tensor([True]))
         colors = colours_for(lambda p: template_coordinates(model, neutral, p), base, albedo)
+    if detail is not None:  # one offset per vertex: every target keeps its template points
+        from imface.correspond import template_coordinates
+        from imface.fit.refine import along_normals
+
+        offsets = detail.lookup(template_coordinates(model, neutral, base))
+        base = along_normals(base, faces, offsets)
+        targets = {k: along_normals(v, faces, offsets) for k, v in targets.items()}
     suffix = f".{fmt}"
     write_face(out / f"1_neutral{suffix}", base, faces, colors)
     names = rig_file_names(targets)  # labels come from the checkpoint: never trust them as paths
@@ -235,6 +250,7 @@ def export_rig(
         "expressions": list(targets),
         "unconverged_vertices": failures,
         "colors": "vertex colours from the albedo" if colors is not None else "none",
+        "detail": detail.describe() if detail is not None else "none",
     }
     atomic_write_text(out / "rig.json", json.dumps(manifest, indent=2))
     return manifest
@@ -269,6 +285,9 @@ def _common(parser) -> None:
     parser.add_argument(
         "--albedo", help="colour in template space (.albedo.safetensors from fit): meshes get vertex colours"
     )
+    parser.add_argument(
+        "--detail", help="a fitted person's detail (.detail.safetensors from fit --codes): on every mesh"
+    )
 
 
 def add_generate_arguments(parser) -> None:
@@ -284,20 +303,29 @@ def run_generate(args) -> int:
     from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    albedo = _albedo_argument(args)
+    albedo, detail = _albedo_argument(args), _detail_argument(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, codes in enumerate(sample_faces(checkpoint, args.n, args.scale, args.seed)):
         if args.neutral:
             codes = Codes(codes.z_id[0], codes.z_exp[0], torch.tensor([True]))
         mesh = face_mesh(checkpoint.model, codes, args.resolution)
-        colors = _face_colours(checkpoint.model, codes, mesh.vertices, albedo)
-        write_face(out / f"face_{i:03d}.{args.format}", mesh.vertices, mesh.faces, colors)
+        vertices, colors = _dressed(checkpoint.model, codes, mesh, albedo, detail)
+        write_face(out / f"face_{i:03d}.{args.format}", vertices, mesh.faces, colors)
         record = {"z_id": codes.z_id[0].tolist(), "z_exp": codes.z_exp[0].tolist(), "neutral": args.neutral}
         record["checkpoint_sha256"] = checkpoint.sha256
         atomic_write_text(out / f"face_{i:03d}.json", json.dumps(record))
     print(json.dumps({"faces": args.n, "out": str(out), "unit": file_unit(f".{args.format}")}))
     return 0
+
+
+def _detail_argument(args, codes_path: str | None = None):
+    """The detail of --detail, else the one a codes file names (fit --codes)."""
+    from imface.fit.refine import DetailMap
+    from imface.tagged_file import companion_named
+
+    path = getattr(args, "detail", None) or (companion_named(codes_path, "detail") if codes_path else None)
+    return DetailMap.load(path) if path else None
 
 
 def _albedo_argument(args, codes_path: str | None = None):
@@ -309,13 +337,20 @@ def _albedo_argument(args, codes_path: str | None = None):
     return albedo_for_codes(codes_path) if codes_path else None
 
 
-def _face_colours(model, codes: Codes, vertices, albedo):
-    if albedo is None:
-        return None
-    from imface.appearance import colours_for
+def _dressed(model, codes: Codes, mesh, albedo, detail):
+    """(vertices, colours or None) of a face mesh with a person's detail and colour on it: both
+    are looked up at the vertices' template coordinates."""
+    if albedo is None and detail is None:
+        return mesh.vertices, None
     from imface.correspond import template_coordinates
+    from imface.fit.refine import along_normals
 
-    return colours_for(lambda p: template_coordinates(model, codes, p), vertices, albedo)
+    template = template_coordinates(model, codes, mesh.vertices)
+    vertices = (
+        mesh.vertices if detail is None else along_normals(mesh.vertices, mesh.faces, detail.lookup(template))
+    )
+    colors = None if albedo is None else albedo.lookup(template)
+    return vertices, colors
 
 
 def add_rig_arguments(parser) -> None:
@@ -332,7 +367,7 @@ def run_rig(args) -> int:
     from imface.io import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    albedo = _albedo_argument(args, args.codes)
+    albedo, detail = _albedo_argument(args, args.codes), _detail_argument(args, args.codes)
     if args.codes:
         z_id = load_codes_json(args.codes, checkpoint).z_id[0]
     else:
@@ -346,14 +381,20 @@ def run_rig(args) -> int:
         codes = Codes(z_id, z_exp)
         mesh = face_mesh(checkpoint.model, codes, args.resolution)
         path = Path(args.out) / f"transfer.{args.format}"
-        write_face(
-            path, mesh.vertices, mesh.faces, _face_colours(checkpoint.model, codes, mesh.vertices, albedo)
-        )
+        vertices, colors = _dressed(checkpoint.model, codes, mesh, albedo, detail)
+        write_face(path, vertices, mesh.faces, colors)
         print(json.dumps({"transfer": str(path), "unit": file_unit(path)}))
         return 0
     manifest = export_rig(
-        checkpoint.model, z_id, expression_codes(checkpoint), args.out, args.resolution, args.format, albedo
+        checkpoint.model,
+        z_id,
+        expression_codes(checkpoint),
+        args.out,
+        args.resolution,
+        args.format,
+        albedo,
+        detail,
     )
-    keys = ("vertices", "meshes", "morph_targets", "expressions", "colors")
+    keys = ("vertices", "meshes", "morph_targets", "expressions", "colors", "detail")
     print(json.dumps({k: manifest[k] for k in keys}))
     return 0

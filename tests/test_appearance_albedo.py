@@ -261,6 +261,24 @@ def test_fit_cli_writes_colour_and_rig_carries_it(checkpoint, synthetic_scans, t
     assert np.abs(rig_colours[:, :3].astype(int) - neutral.visual.vertex_colors[:, :3]).max() <= 1
     assert np.ptp(neutral.vertices, axis=0).max() < 0.5  # metres
     assert json.loads((rig / "1_neutral.glb.json").read_text())["colors"] is True
+    # the person's detail went beside the codes too, and rides on every mesh of the rig
+    data = json.loads(codes.read_text())
+    assert data["detail"] == "face.codes.detail.safetensors" and (tmp_path / data["detail"]).exists()
+    plain_codes = tmp_path / "plain.json"
+    plain_codes.write_text(json.dumps({k: v for k, v in data.items() if k not in ("detail", "albedo")}))
+    plain = tmp_path / "plain"
+    assert main(["rig", "--codes", str(plain_codes), "--out", str(plain), "--format", "ply", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["detail"] == "none"
+    detailed = tmp_path / "detailed"
+    assert main(["rig", "--codes", str(codes), "--out", str(detailed), "--format", "ply", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["detail"].startswith("fitted detail")
+    moved = {}
+    for name in ("1_neutral", "2_smile"):
+        a, b = (trimesh.load(f / f"{name}.ply", process=False) for f in (plain, detailed))
+        assert np.array_equal(a.faces, b.faces)
+        moved[name] = np.linalg.norm(b.vertices - a.vertices, axis=1)
+    assert moved["1_neutral"].max() > 0.1  # mm
+    assert np.allclose(moved["1_neutral"], moved["2_smile"], atol=1e-3)  # the same offset per vertex
     faces = tmp_path / "gen"
     generate = ["generate", "--n", "1", "--out", str(faces), "--albedo", str(albedo_file), *common]
     assert main(generate) == 0

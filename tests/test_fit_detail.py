@@ -98,3 +98,38 @@ def test_a_detail_map_puts_the_detail_on_another_mesh_of_the_same_template():
     assert np.abs(offsets[coarse_template[:, 2] < -0.6]).max() == 0.0  # no sample there: no detail
     moved = along_normals(coarse.vertices, coarse.faces, offsets)
     assert np.allclose(np.linalg.norm(moved, axis=1), 0.8 + offsets, atol=1e-4)
+
+
+def test_detail_files_round_trip_and_bad_ones_give_one_clear_line(tmp_path):
+    import pytest
+    from safetensors.numpy import save
+
+    from imface.errors import UserError
+    from imface.fit.refine import DETAIL_FORMAT, DetailMap
+
+    rng = np.random.default_rng(3)
+    detail = DetailMap(rng.normal(size=(50, 3)) * 0.3, rng.normal(size=50) * MM, "scan.ply")
+    back = DetailMap.load(detail.save(tmp_path / "d.detail.safetensors"))
+    assert np.array_equal(back.template, detail.template) and np.array_equal(back.offsets, detail.offsets)
+    assert back.source == "scan.ply"
+
+    def written(name, template, offsets, fmt=DETAIL_FORMAT):
+        path = tmp_path / name
+        tensors = {"template": np.asarray(template, np.float32), "offsets": np.asarray(offsets, np.float32)}
+        path.write_bytes(save(tensors, metadata={"format": fmt, "detail": "{}"}))
+        return path
+
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 5)
+    cases = {
+        tmp_path / "junk.safetensors": "not a detail file",
+        written(
+            "albedo.safetensors", detail.template, detail.offsets, "imface-albedo/1"
+        ): "not a detail file",
+        written("far.safetensors", detail.template, detail.offsets * 0 + 0.5): "within 8 mm",
+        written("nan.safetensors", detail.template * np.nan, detail.offsets): "finite template",
+        written("short.safetensors", detail.template, detail.offsets[:10]): "like the template",
+        tmp_path / "missing.safetensors": "cannot read",
+    }
+    for path, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            DetailMap.load(path)

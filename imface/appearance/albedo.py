@@ -12,8 +12,6 @@ bad file is one ``UserError`` line.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imface.errors import UserError
+from imface.tagged_file import companion_named, companion_path, load_tagged, save_tagged
 from imface.units import MM_PER_UNIT
 
 FORMAT = "imface-albedo/1"
@@ -30,7 +29,6 @@ NEIGHBOURS = 4
 MAX_SAMPLES = 200_000  # scan colour samples kept per albedo (about 1 s of template warping)
 NEAR_SURFACE_MM = 4.0  # scan colour samples farther from the fitted face (hair, neck) are dropped
 TEMPLATE_BOUND = 4.0  # template coordinates live near the unit sphere: larger ones mean a bad file
-MAX_HEADER = 1 << 20
 
 
 class NoColourOnFace(UserError):
@@ -108,56 +106,15 @@ class Albedo:
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path, info: dict | None = None) -> Path:
         """Write atomically as safetensors (+ JSON metadata: format, neutral, radius, source)."""
-        from safetensors.numpy import save
-
-        from imface.paths import atomic_write_bytes
-
         meta = {"source": self.source, "neutral": list(self.neutral), "radius": self.radius}
         meta.update(info or {})
-        metadata = {"format": FORMAT, "albedo": json.dumps(meta)}
-        tensors = {"points": self.points, "colors": self.colors}
-        return atomic_write_bytes(path, save(tensors, metadata=metadata))
+        return save_tagged(path, FORMAT, "albedo", meta, {"points": self.points, "colors": self.colors})
 
     @classmethod
     def load(cls, path: str | Path) -> Albedo:
         """Read and check an albedo file; every problem is one UserError line naming the file."""
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read the albedo file ({exc.strerror or exc})") from None
-        meta = _metadata(path, data)
-        try:
-            from safetensors.numpy import load
-
-            tensors = load(data)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-            raise UserError(f"{path}: not a readable albedo file ({_first_line(exc)})") from None
-        return _checked(path, tensors, meta)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:160]
-
-
-def _metadata(path: Path, data: bytes) -> dict:
-    if len(data) < 8:
-        raise UserError(f"{path}: not an albedo file (too short)")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > min(MAX_HEADER, len(data) - 8):
-        raise UserError(f"{path}: not an albedo file (bad safetensors header)")
-    try:
-        header = json.loads(data[8 : 8 + size])
-        metadata = header.get("__metadata__") or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"format {metadata.get('format')!r}, expected {FORMAT!r}")
-        meta = json.loads(metadata.get("albedo", "{}"))
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not an object")
-    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not an albedo file ({_first_line(exc)})") from None
-    return meta
+        meta, tensors = load_tagged(path, FORMAT, "albedo", "an albedo file")
+        return _checked(Path(path), tensors, meta)
 
 
 def _checked(path: Path, tensors: dict, meta: dict) -> Albedo:
@@ -224,21 +181,10 @@ def colours_for(template_fn: TemplateFn, vertices_model: np.ndarray, albedo: Alb
 
 def albedo_path_for_codes(codes_path: str | Path) -> Path:
     """Where `fit --codes C.json` puts the albedo: C.albedo.safetensors beside it."""
-    codes_path = Path(codes_path)
-    stem = codes_path.name[: -len(".json")] if codes_path.name.lower().endswith(".json") else codes_path.name
-    return codes_path.with_name(f"{stem}.albedo.safetensors")
+    return companion_path(codes_path, "albedo")
 
 
 def albedo_for_codes(codes_path: str | Path) -> Albedo | None:
     """The albedo a codes JSON names ("albedo": a file beside it), else None."""
-    codes_path = Path(codes_path)
-    try:
-        data = json.loads(codes_path.read_text())
-    except (OSError, ValueError):
-        return None  # the codes reader reports a bad codes file
-    name = data.get("albedo") if isinstance(data, dict) else None
-    if not name:
-        return None
-    if not isinstance(name, str) or Path(name).name != name:
-        raise UserError(f"{codes_path}: 'albedo' must name a file beside the codes file")
-    return Albedo.load(codes_path.with_name(name))
+    path = companion_named(codes_path, "albedo")
+    return None if path is None else Albedo.load(path)

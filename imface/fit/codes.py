@@ -408,8 +408,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", help="JSON report: seconds, iterations, Chamfer, F-score, transform")
     parser.add_argument(
         "--codes",
-        help="write the fitted codes as JSON; a coloured scan's colour goes beside it "
-        "(C.albedo.safetensors, named in the codes file) for rig, generate and the editor",
+        help="write the fitted codes as JSON; the person's detail (C.detail.safetensors) and a "
+        "coloured scan's colour (C.albedo.safetensors) go beside it, named in the codes file, "
+        "for rig",
     )
     parser.add_argument("--albedo", help="write the colour in template space here (.safetensors)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -495,10 +496,12 @@ def _write_fit(
     scan=None,
     albedo_path: Path | None = None,
 ):
-    """The fitted mesh (with the scan's colours when it has any), codes, albedo and report."""
+    """The fitted mesh (with the scan's colours when it has any), codes, albedo, the person's
+    detail in template space (beside the codes) and report."""
     from imface.appearance import albedo_path_for_codes
     from imface.io import save_mesh  # atomic
     from imface.paths import atomic_write_text
+    from imface.tagged_file import companion_path
 
     albedo, colors = _fitted_colour(result, checkpoint, scan)
     save_mesh(mesh_path, result.vertices, result.faces, colors)
@@ -510,6 +513,10 @@ def _write_fit(
     if codes:
         data = {"z_id": result.codes.z_id[0].tolist(), "z_exp": result.codes.z_exp[0].tolist()}
         data["checkpoint_sha256"] = checkpoint.sha256
+        if result.detail is not None:  # rig, generate and the editor put it on every face
+            detail_path = companion_path(codes, "detail")
+            result.detail.save(detail_path, {"checkpoint_sha256": checkpoint.sha256})
+            data["detail"] = result.report["detail"] = detail_path.name
         if (
             albedo is not None
             and albedo_path is not None

@@ -25,6 +25,8 @@ import trimesh
 from scipy.sparse.linalg import cg
 from scipy.spatial import cKDTree
 
+from imface.errors import UserError
+from imface.tagged_file import load_tagged, save_tagged
 from imface.units import MM_PER_UNIT
 
 
@@ -56,6 +58,8 @@ class Detail:
         }
 
 
+DETAIL_FORMAT = "imface-detail/1"
+TEMPLATE_BOUND = 4.0  # template coordinates live near the unit sphere: larger ones mean a bad file
 DETAIL_RADIUS = 0.02  # template units (2 mm): full offset this close to a sample, none at twice it
 DETAIL_NEIGHBOURS = 4
 
@@ -102,6 +106,45 @@ class DetailMap:
     def apply(self, vertices: np.ndarray, faces: np.ndarray, template: np.ndarray) -> np.ndarray:
         """A face (model frame) with this detail: its vertices' template coordinates given."""
         return along_normals(vertices, faces, self.lookup(template))
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path, info: dict | None = None):
+        """Write atomically as safetensors (template float32 (N, 3), offsets float32 (N,))."""
+        meta = {"source": self.source, "unit": "model (1 = 100 mm)", **(info or {})}
+        return save_tagged(
+            path, DETAIL_FORMAT, "detail", meta, {"template": self.template, "offsets": self.offsets}
+        )
+
+    @classmethod
+    def load(cls, path) -> DetailMap:
+        """Read and check a detail file; every problem is one UserError line naming the file."""
+        meta, tensors = load_tagged(path, DETAIL_FORMAT, "detail", "a detail file")
+        template, offsets = tensors.get("template"), tensors.get("offsets")
+        if template is None or offsets is None:
+            raise UserError(f"{path}: detail file lacks 'template' or 'offsets'")
+        if (
+            template.dtype != np.float32
+            or template.ndim != 2
+            or template.shape[1:] != (3,)
+            or not len(template)
+        ):
+            raise UserError(
+                f"{path}: detail 'template' must be (N, 3) float32, got {template.shape} {template.dtype}"
+            )
+        if offsets.dtype != np.float32 or offsets.shape != template.shape[:1]:
+            raise UserError(
+                f"{path}: detail 'offsets' must be (N,) float32 like the template, got {offsets.shape}"
+            )
+        bound = DetailConfig().max_offset_mm / MM_PER_UNIT * 1.0001  # float32 of the clipped offsets
+        if not (np.isfinite(template).all() and np.abs(template).max() <= TEMPLATE_BOUND):
+            raise UserError(
+                f"{path}: detail 'template' must be finite template coordinates (|x| <= {TEMPLATE_BOUND})"
+            )
+        if not (np.isfinite(offsets).all() and np.abs(offsets).max() <= bound):
+            raise UserError(
+                f"{path}: detail offsets must be finite and within {DetailConfig().max_offset_mm:g} mm"
+            )
+        return cls(template, offsets, str(meta.get("source", "")))
 
 
 def along_normals(vertices: np.ndarray, faces: np.ndarray, offsets: np.ndarray) -> np.ndarray:
