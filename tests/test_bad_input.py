@@ -598,12 +598,12 @@ def _face_scan(path: Path) -> Path:
 def test_fit_refuses_a_bad_output_before_fitting(
     good_checkpoint, tmp_path, monkeypatch, capsys, out, message
 ):
-    import imface.fit.codes as fit_codes
+    import imface.fit.cli as fit_cli
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the fit started")
 
-    monkeypatch.setattr(fit_codes, "fit_scan", must_not_run)
+    monkeypatch.setattr(fit_cli, "fit_scan", must_not_run)
     monkeypatch.chdir(tmp_path)
     scan = _face_scan(tmp_path / "scan.ply")
     assert main(["fit", str(scan), "--out", out, "--checkpoint", str(good_checkpoint)]) == 1
