@@ -192,7 +192,6 @@ class MainWindow(QMainWindow):
     def _connect(self):
         d = self.doc
         d.codesChanged.connect(lambda interactive: self.request_mesh(live=interactive))
-        d.detailChanged.connect(self._detail_changed)
         d.interactionFinished.connect(lambda: self.request_mesh(live=False))
         d.modelChanged.connect(self._update_title)
         d.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
@@ -265,10 +264,6 @@ class MainWindow(QMainWindow):
     # -- the face mesh -------------------------------------------------------------------------------
     def request_mesh(self, live: bool):
         self.pipeline.request(self.doc.codes, live=live)
-
-    def _detail_changed(self):
-        self.pipeline.set_detail(self.doc.detail)
-        self.request_mesh(live=False)
 
     def _on_mesh_progress(self, record: Progress | None):
         self._mesh_progress = record

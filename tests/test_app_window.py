@@ -183,16 +183,18 @@ def test_landmark_fit_gives_per_vertex_distances_and_undoes(window, qtbot, face_
     assert w.doc.fit is None and w.doc.codes.equals(before)
 
 
-def _surface_gap_mm(w) -> np.ndarray:
-    """|SDF| of the model at the shown face's vertices (mm): how far the face on screen stands
-    off the model's own surface for the current codes."""
+def _surface_gap_mm(w, codes=None, vertices=None) -> np.ndarray:
+    """|SDF| of the model at a face's vertices (mm; default: the face on screen and the current
+    codes): how far the face stands off the model's own surface for those codes."""
     import torch
 
     from imface.extract import face_sdf
 
     session = w.doc.face_model
-    sdf = face_sdf(session.model, session.torch_codes(w.doc.codes))
-    return np.abs(sdf(torch.from_numpy(np.asarray(w.doc.mesh.vertices, np.float32))).numpy()) * 100.0
+    codes = w.doc.codes if codes is None else codes
+    vertices = w.doc.mesh.vertices if vertices is None else vertices
+    sdf = face_sdf(session.model, session.torch_codes(codes))
+    return np.abs(sdf(torch.from_numpy(np.asarray(vertices, np.float32))).numpy()) * 100.0
 
 
 def test_fitted_detail_stays_on_the_face_through_morphs_and_undoes(window, qtbot, face_scan, tmp_path):
@@ -220,6 +222,17 @@ def test_fitted_detail_stays_on_the_face_through_morphs_and_undoes(window, qtbot
     w.doc.set_expression(next(iter(w.doc.face_model.expression_codes)), 1.0)
     settle(w, qtbot)
     assert _surface_gap_mm(w).max() > 2.0
+    frames = []  # a drag: the live morph carries the bump too
+    w.pipeline.morphed.connect(lambda v, _n, codes, frame: frame.sound and frames.append((codes, v)))
+    slider = w.morph_panel.exp_sliders.sliders[0]
+    slider.setSliderDown(True)
+    for v in range(0, 151, 30):
+        slider.setValue(v)
+        qtbot.wait(50)
+    qtbot.waitUntil(lambda: bool(frames), timeout=30000)
+    slider.setSliderDown(False)
+    settle(w, qtbot)
+    assert _surface_gap_mm(w, *frames[-1]).max() > 2.0
     w.fit_panel.detail_box.setChecked(False)  # one undoable edit
     settle(w, qtbot)
     assert w.doc.detail is None and _surface_gap_mm(w).max() < 1.0

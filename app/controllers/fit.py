@@ -47,7 +47,7 @@ class FitController(QObject):
         panel.cancelRequested.connect(self.cancel_fit)
         doc.scanChanged.connect(self._scan_changed)
         doc.fitChanged.connect(self._fit_changed)
-        doc.fitChanged.connect(self._detail_changed)
+        doc.fitChanged.connect(self._show_detail_state)
         doc.detailChanged.connect(self._detail_changed)
         panel.detailToggled.connect(self._toggle_detail)
 
@@ -64,6 +64,12 @@ class FitController(QObject):
         self.w.doc.set_detail(fit.detail if on and fit is not None else None)
 
     def _detail_changed(self):
+        """Faces from now on carry the document's detail (or none); the one on screen is redone."""
+        self.w.pipeline.set_detail(self.w.doc.detail)
+        self.w.request_mesh(live=False)
+        self._show_detail_state()
+
+    def _show_detail_state(self):
         doc = self.w.doc
         fitted = doc.fit.detail if doc.fit is not None else None
         on = doc.detail is not None
