@@ -57,6 +57,18 @@ def settle(w, qtbot, timeout=60000):
     qtbot.waitUntil(lambda: not w.pipeline.pending and not w.jobs.busy, timeout=timeout)
 
 
+def drag(w, qtbot, slider, stop: int, seen: list):
+    """Drag a slider from 0 to `stop` in steps, wait for the first face shown (`seen` fills),
+    release it and wait for the fine mesh."""
+    slider.setSliderDown(True)
+    for v in range(0, stop + 1, 30):
+        slider.setValue(v)
+        qtbot.wait(50)
+    qtbot.waitUntil(lambda: bool(seen), timeout=30000)
+    slider.setSliderDown(False)
+    settle(w, qtbot)
+
+
 def drop(widget, path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
@@ -98,13 +110,7 @@ def test_slider_drag_is_one_undo_step_and_never_tears(window, qtbot):
     w.pipeline.meshReady.connect(
         lambda m, *_: shown.append(check_mesh(m.vertices, m.faces, MAX_EDGE, MORPH_RADIUS).sound)
     )
-    slider.setSliderDown(True)
-    for v in range(0, 301, 30):
-        slider.setValue(v)
-        qtbot.wait(50)
-    qtbot.waitUntil(lambda: bool(shown), timeout=30000)
-    slider.setSliderDown(False)
-    settle(w, qtbot)
+    drag(w, qtbot, slider, 300, shown)
     assert w.doc.undo_stack.count() == 1 and w.mesh_stage == "fine"
     assert all(shown), "every face shown during the drag and after it is sound"
     assert check_mesh(w.doc.mesh.vertices, w.doc.mesh.faces, MAX_EDGE, MORPH_RADIUS).sound
@@ -224,14 +230,7 @@ def test_fitted_detail_stays_on_the_face_through_morphs_and_undoes(window, qtbot
     assert _surface_gap_mm(w).max() > 2.0
     frames = []  # a drag: the live morph carries the bump too
     w.pipeline.morphed.connect(lambda v, _n, codes, frame: frame.sound and frames.append((codes, v)))
-    slider = w.morph_panel.exp_sliders.sliders[0]
-    slider.setSliderDown(True)
-    for v in range(0, 151, 30):
-        slider.setValue(v)
-        qtbot.wait(50)
-    qtbot.waitUntil(lambda: bool(frames), timeout=30000)
-    slider.setSliderDown(False)
-    settle(w, qtbot)
+    drag(w, qtbot, w.morph_panel.exp_sliders.sliders[0], 150, frames)
     assert _surface_gap_mm(w, *frames[-1]).max() > 2.0
     w.fit_panel.detail_box.setChecked(False)  # one undoable edit
     settle(w, qtbot)
