@@ -80,7 +80,7 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     p.add_argument("--scan", help="a scan to drop on the window and fit")
     p.add_argument("--shots", action="store_true", help="also save one screenshot per panel")
-    p.add_argument("--fit-iterations", type=int, default=200, help="fit iterations (default: 200)")
+    p.add_argument("--fit-iterations", type=int, help="fit iterations (default: the library's)")
     p.add_argument("--train-log", help="a RUN/log.jsonl to show in the training panel screenshot")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -150,7 +150,7 @@ def run(argv: list[str] | None = None) -> int:
     if scan is not None:
         from imface.config import FitConfig
 
-        w.fit.config = FitConfig(iterations=args.fit_iterations)
+        w.fit.config = FitConfig(iterations=args.fit_iterations) if args.fit_iterations else FitConfig()
         w.files.open_file(str(scan))
         result["fit_done"] = (
             wait_for(lambda: w.doc.fit is not None or bool(w.errors), 600) and w.doc.fit is not None
