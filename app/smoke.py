@@ -39,14 +39,22 @@ class TearWatch:
         self.torn: list[str] = []
         self.longest = 0.0
         self.farthest = 0.0
-        window.pipeline.morphed.connect(lambda v, _n, _c, frame: frame.sound and self.look(v))
+        self.hidden_faces = 0  # the most faces one live frame hid
+        window.pipeline.morphed.connect(
+            lambda v, _n, _c, frame: frame.sound and self.look(v, hidden=frame.hidden)
+        )
         window.pipeline.meshReady.connect(lambda mesh, _n, _c, _s: self.look(mesh.vertices, mesh.faces))
 
-    def look(self, vertices, faces=None):
+    def look(self, vertices, faces=None, hidden=None):
+        """Check what is drawn: the faces a live morph hides (stretched over a lip parting until the
+        re-mesh) are not on screen."""
+        from imface.extract.repair import visible_part
+
         faces = self.w.doc.mesh.faces if faces is None else faces
         if len(faces) == 0 or faces.max() >= len(vertices):
             return
-        result = self.check(vertices, faces, self.bound, self.radius)
+        self.hidden_faces = max(self.hidden_faces, 0 if hidden is None else int(hidden.sum()))
+        result = self.check(*visible_part(vertices, faces, hidden), self.bound, self.radius)
         self.shown += 1
         self.longest = max(self.longest, result.longest_edge)
         self.farthest = max(self.farthest, result.farthest_vertex)
@@ -137,6 +145,7 @@ def run(argv: list[str] | None = None) -> int:
     result["meshes_checked"] = watch.shown
     result["torn_meshes"] = watch.torn
     result["longest_edge_mm"] = round(watch.longest * 100, 2)
+    result["most_hidden_faces"] = watch.hidden_faces
     result["farthest_vertex_units"] = round(watch.farthest, 3)
     result["edge_bound_mm"] = watch.bound * 100
     result["sphere_radius_units"] = watch.radius

@@ -277,12 +277,14 @@ class MainWindow(QMainWindow):
                 "while a new mesh is extracted"
             )
             return
-        if self.doc.mesh is None or not self.viewport.update_points("face", vertices, normals):
+        if self.doc.mesh is None or not self.viewport.update_points("face", vertices, normals, frame.hidden):
             return
         self.doc.mesh = Mesh(vertices, self.doc.mesh.faces)
         self.mesh_stage = "morph"
         repaired = f", {frame.repaired} vertices re-projected" if frame.repaired else ""
-        self.set_status(f"Face: {len(vertices)} vertices (live morph{repaired}; fine mesh on release)")
+        hidden = 0 if frame.hidden is None else int(frame.hidden.sum())
+        remesh = f", {hidden} stretched triangles hidden until the re-mesh" if hidden else ""
+        self.set_status(f"Face: {len(vertices)} vertices (live morph{repaired}{remesh}; fine on release)")
         self.schedule_render()
 
     def _on_mesh(self, mesh: Mesh, normals, codes, stage: str):

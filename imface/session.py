@@ -26,7 +26,17 @@ from imface.config import FitConfig, ModelConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
 from imface.extract import BandCache, Mesh, MorphEngine, extract_narrow_band, face_sdf, refine
-from imface.extract.repair import MORPH_RADIUS, crop_to_region, edge_bound, repair_morph
+from imface.extract.repair import (
+    MAX_HIDDEN_FACES,
+    MORPH_RADIUS,
+    adjacency,
+    check_mesh,
+    crop_to_region,
+    edge_bound,
+    repair_morph,
+    stretched_faces,
+    visible_part,
+)
 from imface.fit.codes import FitCancelled, fit_scan
 from imface.fit.refine import DetailMap, along_normals
 from imface.generate import FACESCAPE_EXPRESSIONS, export_rig, expression_codes, write_face
@@ -188,6 +198,7 @@ class MorphFrame:
     failed: int  # vertices the morph engine did not place
     repaired: int  # of those, placed by local re-projection
     reason: str = ""
+    hidden: np.ndarray | None = None  # (F,) bool: faces stretched across a topology change, not drawn
 
 
 # -- the session --------------------------------------------------------------------------------
@@ -426,6 +437,7 @@ class Morpher:
         self.base = base
         self.faces = base.faces
         self.max_edge = edge_bound(base.vertices, base.faces)
+        self._graph = adjacency(base.faces, len(base.vertices))
         self.last_good = base.vertices.copy()
         with session.lock:
             self._engine = MorphEngine(session.model, base, session.torch_codes(base_codes))
@@ -435,15 +447,35 @@ class Morpher:
         with s.lock:
             torch_codes = s.torch_codes(codes)
             result = self._engine.morph(torch_codes, preview=preview)
-            with torch.no_grad():
-                prep = s.model.prepare(torch_codes)
+            prep = self._engine.last_prepared
             repair = repair_morph(
-                s.model, prep, result.vertices, result.converged, self.last_good, self.faces, self.max_edge
+                s.model,
+                prep,
+                result.vertices,
+                result.converged,
+                self.last_good,
+                self.faces,
+                self.max_edge,
+                graph=self._graph,
             )
+        hidden = None
         if not repair.sound:
-            return MorphFrame(self.last_good, False, repair.failed, repair.repaired, repair.soundness.reason)
+            hidden = self._hideable(repair.vertices)
+            if hidden is None:
+                reason = repair.soundness.reason
+                return MorphFrame(self.last_good, False, repair.failed, repair.repaired, reason)
         self.last_good = repair.vertices
-        return MorphFrame(repair.vertices, True, repair.failed, repair.repaired)
+        return MorphFrame(repair.vertices, True, repair.failed, repair.repaired, hidden=hidden)
+
+    def _hideable(self, vertices: np.ndarray) -> np.ndarray | None:
+        """The stretched faces when hiding them leaves a sound mesh (few of them, every vertex
+        in the region), else None."""
+        outside = np.linalg.norm(vertices, axis=1) > MORPH_RADIUS
+        hidden = stretched_faces(vertices, self.faces, self.max_edge) | outside[self.faces].any(1)
+        if hidden.mean() > MAX_HIDDEN_FACES:
+            return None
+        visible = check_mesh(*visible_part(vertices, self.faces, hidden), self.max_edge, MORPH_RADIUS)
+        return hidden if visible.sound else None
 
 
 def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:

@@ -22,7 +22,7 @@ from PyQt6.QtGui import QDropEvent
 from app.training_process import TrainingProcess
 from app.window import MainWindow
 from imface.config import FitConfig
-from imface.extract.repair import MAX_EDGE, MORPH_RADIUS, check_mesh
+from imface.extract.repair import MAX_EDGE, MORPH_RADIUS, check_mesh, visible_part
 from imface.jobs import Progress
 
 QUICK_FIT = FitConfig(iterations=6, points_per_step=1024)
@@ -104,7 +104,8 @@ def test_slider_drag_is_one_undo_step_and_never_tears(window, qtbot):
 
     def look(vertices, _normals, _codes, frame):  # runs after the window took the frame
         if frame.sound and len(vertices) == len(w.doc.mesh.vertices):
-            shown.append(check_mesh(vertices, w.doc.mesh.faces, MAX_EDGE, MORPH_RADIUS).sound)
+            drawn = visible_part(vertices, w.doc.mesh.faces, frame.hidden)
+            shown.append(check_mesh(*drawn, MAX_EDGE, MORPH_RADIUS).sound)
 
     w.pipeline.morphed.connect(look)
     w.pipeline.meshReady.connect(

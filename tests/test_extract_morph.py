@@ -149,3 +149,37 @@ def test_preview_ticks_follow_a_drag_with_one_evaluation():
         assert error < 2e-4  # second order in the slider step, not accumulating
     final = engine.morph(codes([0.3, 0.0]))  # on release: verified solve
     assert final.failed == 0 and not final.preview
+
+
+def _grid(n: int = 6, spacing: float = 0.01):
+    """A flat n x n vertex grid of triangles (spacing in model units)."""
+    ys, xs = np.mgrid[0:n, 0:n]
+    vertices = np.stack([xs.ravel() * spacing, ys.ravel() * spacing, np.zeros(n * n)], 1).astype(np.float32)
+    quads = [
+        (r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1)
+        for r in range(n - 1)
+        for c in range(n - 1)
+    ]
+    faces = np.array([f for a, b, c, d in quads for f in ((a, b, c), (b, d, c))], np.int64)
+    return vertices, faces
+
+
+def test_a_spike_stretches_only_its_own_faces_and_hiding_them_leaves_a_sound_mesh():
+    from imface.extract.repair import _stretched_vertices, check_mesh, stretched_faces, visible_part
+
+    vertices, faces = _grid()
+    spike = 14
+    vertices[spike, 2] = 0.2  # 20 mm out of the sheet
+    bound = 0.05
+    assert not check_mesh(vertices, faces, bound, 10.0).sound
+    hidden = stretched_faces(vertices, faces, bound)
+    assert set(np.flatnonzero(hidden)) == set(np.flatnonzero((faces == spike).any(1)))
+    flagged = _stretched_vertices(vertices, faces, bound)
+    assert flagged[spike] and flagged.sum() == 1 + len(set(faces[hidden].ravel()) - {spike})
+    drawn_vertices, drawn_faces = visible_part(vertices, faces, hidden)
+    assert check_mesh(drawn_vertices, drawn_faces, bound, 10.0).sound
+    assert len(drawn_faces) == len(faces) - hidden.sum() and spike_free(drawn_vertices)
+
+
+def spike_free(vertices: np.ndarray) -> bool:
+    return bool(np.abs(vertices[:, 2]).max() == 0.0)

@@ -94,6 +94,11 @@ class MorphEngine:
     def device(self) -> torch.device:
         return self.model.template_landmarks.device
 
+    @property
+    def last_prepared(self) -> PreparedCodes | None:
+        """The prepared codes of the last `morph` (reuse them for a check or a repair)."""
+        return self._last_prep
+
     # -- warps ------------------------------------------------------------------------------
     def _expression(self, prep: PreparedCodes) -> WarpFn:
         return lambda x: (self.model.expression_warp(x[None], prep)[0], None)

@@ -29,14 +29,29 @@ MAX_JUMP = 0.15  # model units (15 mm): farther from the last good position per 
 # Shown faces are cropped to the region sphere (REGION_RADIUS); a morph may grow the face a little
 # past it (a larger identity), a vertex beyond this radius is a spike.
 MORPH_RADIUS = REGION_RADIUS * 1.3
+# Where the surface changes topology under a drag (lips parting or closing, an eyelid) a fixed
+# topology can only stretch; up to this fraction of faces is hidden instead of drawn as webbing
+# until the next extraction re-meshes it, more and the last good mesh stays.
+MAX_HIDDEN_FACES = 0.01
 
 
 def edge_lengths(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Length of every triangle edge (3 per face)."""
+    """Length of every triangle edge (3 per face; edge k runs from corner k-1 to corner k)."""
     if len(faces) == 0:
         return np.zeros(0, np.float32)
-    tri = vertices[faces]
-    return np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).ravel()
+    v = np.asarray(vertices, np.float32)
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    edges = np.stack([a - c, b - a, c - b], axis=1)
+    return np.sqrt(np.einsum("fki,fki->fk", edges, edges)).ravel()
+
+
+def adjacency(faces: np.ndarray, n: int):
+    """Vertex adjacency of a triangle mesh as a sparse (n, n) matrix (build once per topology)."""
+    from scipy.sparse import coo_matrix
+
+    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    return coo_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n)).tocsr()
 
 
 def edge_bound(base_vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -117,39 +132,80 @@ def repair_morph(
     faces: np.ndarray,
     max_edge: float,
     radius: float = MORPH_RADIUS,
+    graph=None,
 ) -> Repair:
     """Re-project the vertices the morph did not place (or placed as spikes) from their last good
-    positions, then check the whole mesh."""
+    positions, then check the whole mesh. `graph`: `adjacency(faces)`, when the caller keeps one."""
+    graph = adjacency(faces, len(vertices)) if graph is None else graph
     v = np.array(vertices, dtype=np.float32, copy=True)
     jump = np.linalg.norm(v - last_good, axis=1)
     bad = ~np.asarray(converged, bool) | ~np.isfinite(v).all(1) | (jump > MAX_JUMP)
     bad |= np.linalg.norm(v, axis=1) > radius
-    failed = int(bad.sum())
-    repaired = 0
-    if failed:
-        start = last_good[bad] + _neighbour_motion(faces, v - last_good, bad)
-        fixed, residual = reproject(model, prep, start)
-        ok = residual <= SURFACE_TOL
-        idx = np.flatnonzero(bad)
-        v[idx] = np.where(ok[:, None], fixed, last_good[bad])
-        repaired = int(ok.sum())
+    repaired = _reproject_from_neighbours(model, prep, v, bad, last_good, graph)
+    # a placed vertex can still be a spike its neighbours do not follow (the one-step preview of
+    # a live drag drifts where the warp bends): both ends of every too-long edge try again
+    stretched = _stretched_vertices(v, faces, max_edge) & ~bad
+    if stretched.any():
+        repaired += _reproject_from_neighbours(model, prep, v, stretched, last_good, graph)
+    failed = int(bad.sum() + stretched.sum())
     return Repair(v, failed, repaired, check_mesh(v, faces, max_edge, radius))
 
 
-def _neighbour_motion(faces: np.ndarray, motion: np.ndarray, bad: np.ndarray, rounds: int = 12):
-    """Motion of the failed vertices guessed from their placed neighbours (averaged outward over
-    a few rings), so a repaired vertex moves with the surface around it instead of lagging."""
-    from scipy.sparse import coo_matrix
+def _reproject_from_neighbours(model, prep, v, bad, last_good, graph) -> int:
+    """Move the `bad` vertices of `v` (in place) with their placed neighbours, then onto the surface;
+    where that fails they keep their last good position. Returns how many were placed."""
+    if not bad.any():
+        return 0
+    start = last_good[bad] + _neighbour_motion(graph, v - last_good, bad)
+    fixed, residual = reproject(model, prep, start)
+    ok = residual <= SURFACE_TOL
+    v[np.flatnonzero(bad)] = np.where(ok[:, None], fixed, last_good[bad])
+    return int(ok.sum())
 
-    n = len(motion)
-    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
-    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
-    adjacency = coo_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n)).tocsr()
+
+def visible_part(vertices: np.ndarray, faces: np.ndarray, hidden: np.ndarray | None):
+    """(vertices, faces) of what is drawn when the `hidden` faces are not."""
+    if hidden is None:
+        return vertices, faces
+    shown = faces[~hidden]
+    used = np.unique(shown)
+    remap = np.zeros(len(vertices), np.int64)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[shown]
+
+
+def stretched_faces(vertices: np.ndarray, faces: np.ndarray, max_edge: float) -> np.ndarray:
+    """(F,) bool: faces with an edge longer than `max_edge`."""
+    return (edge_lengths(vertices, faces).reshape(-1, 3) > max_edge).any(1)
+
+
+def _stretched_vertices(vertices: np.ndarray, faces: np.ndarray, max_edge: float) -> np.ndarray:
+    """Vertices at either end of an edge longer than `max_edge`."""
+    flags = np.zeros(len(vertices), bool)
+    if len(faces):
+        long = edge_lengths(vertices, faces).reshape(-1, 3) > max_edge
+        # edge k of a face runs between corners k and k-1 (see edge_lengths)
+        for k in range(3):
+            flags[faces[long[:, k], k]] = True
+            flags[faces[long[:, k], k - 1]] = True
+    return flags
+
+
+def _neighbour_motion(graph, motion: np.ndarray, bad: np.ndarray, rounds: int = 12):
+    """Motion of the failed vertices guessed from their placed neighbours (averaged outward over
+    a few rings), so a repaired vertex moves with the surface around it instead of lagging.
+    Works on the rings around the failed vertices only (a live drag repairs a few dozen)."""
+    region = bad.copy()
+    for _ in range(rounds):
+        region |= (graph @ region.astype(np.float32)) > 0
+    index = np.flatnonzero(region)
+    local = graph[index][:, index]
+    bad, motion = bad[index], motion[index]
     known = (~bad).astype(np.float32)
     guess = np.where(bad[:, None], 0.0, motion).astype(np.float32)
     for _ in range(rounds):
-        weight = adjacency @ known
-        spread = (adjacency @ (guess * known[:, None])) / np.maximum(weight, 1e-6)[:, None]
+        weight = local @ known
+        spread = (local @ (guess * known[:, None])) / np.maximum(weight, 1e-6)[:, None]
         newly = bad & (weight > 0)
         guess[newly] = spread[newly]
         known = np.where(newly, 1.0, known).astype(np.float32)
