@@ -88,8 +88,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     n = np.zeros_like(v)
     if len(faces):
         fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+        # each face's normal to its three corners; bincount is ~2x faster than np.add.at, and
+        # this runs for every live-morph frame while the GUI thread waits for the interpreter lock
+        corners = faces.ravel()
         for k in range(3):
-            np.add.at(n, faces[:, k], fn)
+            n[:, k] = np.bincount(corners, weights=np.repeat(fn[:, k], 3), minlength=len(v))
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
