@@ -75,11 +75,20 @@ def drag(window, slider, target: int, steps: int = 15, dwell: float = 0.08):
 
 
 def settle(window, timeout: float = 600) -> bool:
-    """Until no mesh request and no job is left and the face on screen is the fine mesh."""
+    """Until no mesh request and no job is left, the face on screen is the fine mesh and the
+    progress bar has taken the pipeline's last word (it arrives just after the pipeline idles)."""
     from app.workers import wait_for
 
     w = window
-    return wait_for(lambda: not w.pipeline.pending and not w.jobs.busy and w.mesh_stage == "fine", timeout)
+    return wait_for(
+        lambda: (
+            not w.pipeline.pending
+            and not w.jobs.busy
+            and w.mesh_stage == "fine"
+            and not w.progress.isVisible()
+        ),
+        timeout,
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
