@@ -96,6 +96,17 @@ def _l1_weights(distance: np.ndarray, floor: float = 0.005) -> np.ndarray:
     return 1.0 / (len(distance) * np.maximum(distance, floor))
 
 
+def corpus_region(corpus, keys: list[str], registered: list[np.ndarray] | None = None) -> np.ndarray:
+    """`scan_region` over about 20 of the corpus's scans `keys` (the crop barely varies);
+    `registered` gives their registrations when already loaded."""
+    voters = range(0, len(keys), max(len(keys) // 20, 1))
+    meshes = [
+        np.asarray(corpus.load(keys[i])["registered_vertices"]) if registered is None else registered[i]
+        for i in voters
+    ]
+    return scan_region(meshes, [np.asarray(corpus.load(keys[i])["gt_vertices"]) for i in voters])
+
+
 def scan_region(registered: list[np.ndarray], scans: list[np.ndarray], tolerance: float = 0.01) -> np.ndarray:
     """(V,) bool: registered vertices that lie on their cropped scan (within `tolerance` model
     units, 1 mm) in most of the given scans."""

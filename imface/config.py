@@ -214,6 +214,9 @@ class TrainConfig:
     lr_decay_every: int = 10  # epochs
     lr_decay_after: int = 200  # epochs
     code_init_std: float = 0.01
+    # "learned": auto-decoder codes (the paper); "registrations": codes fixed before training to
+    # the whitened PCA coefficients of each scan's registration (imface/model/basis.py)
+    code_space: Literal["learned", "registrations"] = "learned"
     detail_start_epoch: int = 0  # ImFace++ detail stage starts here (if model.detail)
     detail_ramp_epochs: int = 20  # cosine ramp of the detail losses
     checkpoint_every: int = 200  # steps
@@ -233,6 +236,8 @@ class TrainConfig:
         losses = values.pop("losses", {})
         _require_object(losses, "the loss weights")
         _refuse_unknown(LossWeights, losses, "loss weight")
+        if values.get("code_space", "learned") not in ("learned", "registrations"):
+            raise ValueError(f"code_space must be 'learned' or 'registrations', not {values['code_space']!r}")
         return cls(model=model, losses=LossWeights(**losses), **values)
 
 

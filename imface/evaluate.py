@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imface.baseline import PCAModel, scan_region
+from imface.baseline import PCAModel, corpus_region
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit.codes import fit_codes
+from imface.fit.codes import fit_codes, prior_std, starting_codes
 from imface.jobs import Job, Progress, drive, drive_with_tqdm, echo
 from imface.metrics import (
     LANDMARK_REGIONS,
@@ -45,10 +45,7 @@ def pca_baseline(corpus, train_keys: list[str], components: int) -> PCAModel:
     faces = corpus.registered_faces
     if faces is None:
         raise UserError(f"{corpus.root}: no registered topology; the PCA baseline needs a synthetic corpus")
-    voters = range(0, len(train_keys), max(len(train_keys) // 20, 1))  # the crop barely varies
-    scans = [np.asarray(corpus.load(train_keys[i])["gt_vertices"]) for i in voters]
-    region = scan_region([meshes[i] for i in voters], scans)
-    return PCAModel.build(meshes, faces, components, region)
+    return PCAModel.build(meshes, faces, components, corpus_region(corpus, train_keys, list(meshes)))
 
 
 class Evaluator:
@@ -67,13 +64,15 @@ class Evaluator:
         from imface.extract import face_mesh
 
         arrays = self.corpus.load(key)
-        stats = self.ckpt.stats
+        samples = _tensors(arrays)
+        init_id, init_exp = starting_codes(self.ckpt, samples["surface_points"], self.fit_config)
         fit = fit_codes(
             self.ckpt.model,
-            _tensors(arrays),
+            samples,
             self.fit_config,
-            init_id=stats["id"].mean,
-            init_exp=stats["exp"].mean,
+            init_id=init_id,
+            init_exp=init_exp,
+            prior_std=prior_std(self.ckpt),
         )
         mesh = face_mesh(self.ckpt.model, fit.codes, self.resolution)
         coefficients = self.pca.fit(np.asarray(arrays["surface_points"]), seed=0)

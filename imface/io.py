@@ -20,6 +20,7 @@ import torch
 from imface.config import ModelConfig
 from imface.errors import CheckpointError, MeshError
 from imface.model import Codes, ImFace
+from imface.model.basis import ShapeBasis
 from imface.paths import atomic_output, missing_reason
 
 FORMAT_NAME = "imface-checkpoint"
@@ -94,6 +95,7 @@ class Checkpoint:
     meta: dict[str, Any]
     path: Path | None = None
     sha256: str = ""
+    basis: ShapeBasis | None = None  # the code bases, when the codes are tied to registrations
 
     @property
     def config(self) -> ModelConfig:
@@ -106,7 +108,11 @@ class Checkpoint:
 
 # -- save --------------------------------------------------------------------------------------
 def save_checkpoint(
-    path: str | Path, model: ImFace, codes: TrainedCodes, meta: dict[str, Any] | None = None
+    path: str | Path,
+    model: ImFace,
+    codes: TrainedCodes,
+    meta: dict[str, Any] | None = None,
+    basis: ShapeBasis | None = None,
 ) -> Path:
     """Write atomically (temporary file, then rename): a crash never leaves a half checkpoint."""
     from safetensors.torch import save_file
@@ -117,6 +123,8 @@ def save_checkpoint(
     tensors["codes.z_exp"] = codes.z_exp.detach().cpu().contiguous()
     if codes.z_detail is not None:
         tensors["codes.z_detail"] = codes.z_detail.detach().cpu().contiguous()
+    if basis is not None:
+        tensors.update(basis.tensors())
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -159,7 +167,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         **labels,
     )
     model.to(device).eval()
-    return Checkpoint(model=model, codes=codes, meta=meta, path=path, sha256=file_sha256(path))
+    basis = ShapeBasis.from_tensors(tensors)
+    return Checkpoint(model, codes, meta, path, file_sha256(path), basis)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -273,9 +282,25 @@ def _check_shapes(path: Path, config: ModelConfig, header: dict) -> None:
             raise CheckpointError(f"{path}: {name[6:]} codes {tuple(shape)} do not match the config ({dim})")
     if header["codes.z_id"]["shape"][0] < 1:
         raise CheckpointError(f"{path}: the checkpoint holds no identity codes")
+    _check_basis(path, config, header)
     for name, entry in header.items():
-        if name.startswith(("model.", "codes.")) and entry["dtype"] not in _FLOAT_DTYPES:
+        if name.startswith(_STORED) and entry["dtype"] not in _FLOAT_DTYPES:
             raise CheckpointError(f"{path}: tensor {name} has dtype {entry['dtype']}, expected floats")
+
+
+_STORED = ("model.", "codes.", "basis.")
+_MAX_BASIS_VERTICES = 100_000
+
+
+def _check_basis(path: Path, config: ModelConfig, header: dict) -> None:
+    stored = {k: tuple(v["shape"]) for k, v in header.items() if k.startswith("basis.")}
+    if not stored:
+        return
+    mean = stored.get("basis.mean", ())
+    vertices = mean[0] if len(mean) == 2 else -1
+    expected = ShapeBasis.expected_shapes(config.id_dim, config.exp_dim, vertices)
+    if not 0 < vertices <= _MAX_BASIS_VERTICES or stored != expected:
+        raise CheckpointError(f"{path}: the code bases do not match the config ({stored} != {expected})")
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -283,7 +308,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(("model.", "codes."))}
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(_STORED)}
     except Exception as exc:  # the library raises its own error types for every corruption
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
 

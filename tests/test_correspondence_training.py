@@ -119,3 +119,57 @@ def test_held_out_people_never_reach_training(tmp_path):
     ckpt = load_checkpoint(run / "model.safetensors")
     assert not held_out & set(ckpt.codes.identity_labels)
     assert set(corpus.split_for(ckpt.codes.identity_labels)[1]) == set(test_keys)
+
+
+def test_codes_tied_to_registrations_are_whitened_fixed_and_stored(tmp_path):
+    """code_space "registrations": the codes are the registrations' whitened PCA coefficients
+    (std `scale` per live dimension), training leaves them alone, the checkpoint carries the
+    bases, and a fit starts from the linear face closest to the scan."""
+    from imface.config import FitConfig
+    from imface.fit.codes import starting_codes
+    from imface.io import load_checkpoint
+
+    root, _ = write_registered_sphere_cache(tmp_path / "cache", identities=3, expressions=2)
+    for folder in root.glob("*/*_expr"):  # the spheres' "scans" are their registrations
+        np.save(folder / "gt_vertices.npy", np.load(folder / "registered_vertices.npy"))
+    cfg = tiny_config(epochs=1000, correspondence_points=32, code_space="registrations")
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, TrainingSet.open(root, test_identities=0, seed=0), tmp_path / "run", Dist())
+    before = trainer.decoder.id_codes.detach().clone(), trainer.decoder.exp_codes.detach().clone()
+    trainer.run(max_steps=4)
+    assert torch.equal(before[0], trainer.decoder.id_codes)
+    assert torch.equal(before[1], trainer.decoder.exp_codes)
+    std = before[0].std(0)
+    assert int((std > 1e-6).sum()) == 2  # three people span two directions
+    assert abs(float(std[0]) - 0.2) < 1e-4 and 0 < float(std[1]) <= float(std[0])
+
+    ckpt = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert ckpt.basis is not None and ckpt.basis.identity.shape[0] == cfg.model.id_dim
+    torch.testing.assert_close(ckpt.codes.z_id, before[0])
+    # the linear face of the starting codes lies on the scan (person 2's neutral sphere)
+    scan = np.load(root / "002/1_expr/registered_vertices.npy")
+    z_id, z_exp = starting_codes(ckpt, scan, FitConfig())
+    basis = ckpt.basis
+    face = basis.face(z_id, z_exp)
+    gap = np.median(np.abs(np.linalg.norm(face.numpy(), axis=1) - 0.55))
+    mean_gap = np.median(np.abs(np.linalg.norm(basis.mean.numpy(), axis=1) - 0.55))
+    assert gap < 0.2 * mean_gap, (gap, mean_gap)  # (measured: 0.011 against 0.10)
+
+
+def test_a_checkpoint_whose_code_bases_do_not_fit_its_config_is_refused(tmp_path):
+    from imface.config import ModelConfig
+    from imface.errors import CheckpointError
+    from imface.io import TrainedCodes, load_checkpoint, save_checkpoint
+    from imface.model import ImFace
+    from imface.model.basis import ShapeBasis
+
+    config = ModelConfig.tiny()
+    zeros = torch.zeros
+    codes = TrainedCodes(zeros(2, config.id_dim), zeros(1, config.exp_dim), ["a", "b"], ["2_smile"])
+    good = ShapeBasis(zeros(40, 3), zeros(config.id_dim, 40, 3), zeros(config.exp_dim, 40, 3))
+    save_checkpoint(tmp_path / "good.safetensors", ImFace(config), codes, basis=good)
+    assert load_checkpoint(tmp_path / "good.safetensors").basis is not None
+    bad = ShapeBasis(zeros(40, 3), zeros(config.id_dim + 1, 40, 3), zeros(config.exp_dim, 40, 3))
+    save_checkpoint(tmp_path / "bad.safetensors", ImFace(config), codes, basis=bad)
+    with pytest.raises(CheckpointError, match="code bases"):
+        load_checkpoint(tmp_path / "bad.safetensors")

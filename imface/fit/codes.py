@@ -76,6 +76,7 @@ def fit_codes(
     init_exp: torch.Tensor | None = None,
     spread: tuple[float, float] = (0.0, 0.0),
     weights: LossWeights | None = None,
+    prior_std: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
     cancel=None,
 ) -> CodeFit:
@@ -83,6 +84,8 @@ def fit_codes(
 
     samples: surface_points (Ns, 3), surface_normals (Ns, 3), space_points (Nu, 3), space_sdf (Nu,).
     `spread` is the std of the random offsets given to restarts 1..R-1 (e.g. the training codes' std).
+    `prior_std` (per dimension, identity and expression) whitens the code prior: a dimension that
+    varies less is held closer to 0 (codes tied to registrations); None: one std for all.
     """
     cfg = config or FitConfig()
     w = weights or LossWeights()
@@ -94,6 +97,7 @@ def fit_codes(
         for p in _initial_codes(model, restarts, init_id, init_exp, spread, generator)
     ]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    whiten = _whitening(prior_std, device)
     for p in model.parameters():
         p.requires_grad_(False)
     samples = {k: v.to(device) for k, v in samples.items()}
@@ -107,7 +111,7 @@ def fit_codes(
                 group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations)))
             points = _points_for_iteration(cfg, it)
             batch = _draw(samples, points, generator, device, it)
-            per_restart = _restart_losses(model, params, batch, w, cfg, restarts)
+            per_restart = _restart_losses(model, params, batch, w, cfg, restarts, whiten)
             optimizer.zero_grad(set_to_none=True)
             per_restart.sum().backward()
             optimizer.step()
@@ -163,8 +167,16 @@ def _draw(samples, count: int, generator, device, iteration: int = 0) -> dict[st
     }
 
 
+def _whitening(prior_std, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Factors that make the leading dimension's prior the plain one and whiten the others
+    (a dimension the training data never moved is held at its start by a stiff prior)."""
+    if prior_std is None:
+        return None
+    return tuple((s.max() / s.clamp(min=1e-3 * float(s.max()))).to(device) for s in prior_std)
+
+
 def _restart_losses(
-    model: ImFace, params, batch, w: LossWeights, cfg: FitConfig, restarts: int
+    model: ImFace, params, batch, w: LossWeights, cfg: FitConfig, restarts: int, whiten=None
 ) -> torch.Tensor:
     """Eq. 17 per restart: SDF L1, normal, eikonal and embedding terms; (R,)."""
     surface, space = batch["surface_points"], batch["space_points"]
@@ -180,7 +192,10 @@ def _restart_losses(
     cos = torch.nn.functional.cosine_similarity(grad[:, :n_s], batch["surface_normals"][None], dim=-1)
     normal_term = (1 - cos).mean(1)
     eikonal_term = (grad.norm(dim=-1) - 1).abs().mean(1)
-    embedding = params[0].pow(2).mean(1) + params[1].pow(2).mean(1)
+    if whiten is None:
+        embedding = params[0].pow(2).mean(1) + params[1].pow(2).mean(1)
+    else:
+        embedding = (params[0] * whiten[0]).pow(2).mean(1) + (params[1] * whiten[1]).pow(2).mean(1)
     return (
         w.sdf * sdf_term
         + w.normal * normal_term
@@ -286,21 +301,41 @@ def fit_scan(
     return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail_map)
 
 
+def prior_std(checkpoint) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-dimension code std of a checkpoint whose codes are tied to registrations."""
+    return None if checkpoint.basis is None else checkpoint.basis.code_std()
+
+
+def starting_codes(checkpoint, surface_points, cfg: FitConfig) -> tuple[torch.Tensor | None, ...]:
+    """Where the fit starts: the linear fit of the checkpoint's code bases to the scan when its
+    codes are tied to registrations (imface/model/basis.py), else the mean training code
+    (init "mean") or zeros."""
+    if cfg.init != "mean":
+        return None, None
+    if checkpoint.basis is not None:
+        points = surface_points.cpu().numpy() if torch.is_tensor(surface_points) else surface_points
+        return checkpoint.basis.fit(np.asarray(points), seed=cfg.seed)
+    stats = checkpoint.stats
+    return stats["id"].mean, stats["exp"].mean
+
+
 def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
     """The fit from the mean code; if it ends far from the scan, once more with restarts
     spread by the training codes' std (optimised as one batch), keeping the closer one."""
     stats = checkpoint.stats
     spread = (float(stats["id"].std.mean()), float(stats["exp"].std.mean()))
     model = checkpoint.model
+    init_id, init_exp = starting_codes(checkpoint, samples["surface_points"], cfg)
 
     def run(c: FitConfig):
         fit = fit_codes(
             model,
             samples,
             c,
-            init_id=stats["id"].mean if c.init == "mean" else None,
-            init_exp=stats["exp"].mean if c.init == "mean" else None,
+            init_id=init_id,
+            init_exp=init_exp,
             spread=spread,
+            prior_std=prior_std(checkpoint),
             progress=_with_previews(progress, preview_every, model, alignment),
             cancel=cancel,
         )

@@ -94,7 +94,8 @@ def batch_losses(
             w.neutral_suppression * out.neutral_displacement[neutral_points].norm(dim=-1).mean()
         )
     terms.update(_landmark_terms(model, prep, batch, w))
-    terms["embedding"] = w.embedding * _embedding(codes)
+    if decoder.id_codes.requires_grad:  # tied codes are fixed: nothing to regularise
+        terms["embedding"] = w.embedding * _embedding(codes)
     if "corr_points" in batch and bool(batch["corr_has"].any()):
         terms.update(correspondence_terms(model, prep, batch, w))
     if use_detail:

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from imface.baseline import corpus_region
 from imface.config import TrainConfig
 from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
 from imface.jobs import Job, Progress, drive_with_tqdm
+from imface.model.basis import ShapeBasis, basis_vertices
 from imface.train.correspondence import Registrations
 from imface.train.losses import AutoDecoder, cosine_ramp
 from imface.train.rundir import MODEL_FILE, STATE_FILE, RunDir
+from imface.units import REGION_RADIUS
 
 __all__ = ["MODEL_FILE", "STATE_FILE", "Dist", "Trainer", "TrainingSet"]
 
@@ -257,6 +260,34 @@ def trained_codes(decoder: AutoDecoder, data: TrainingSet) -> TrainedCodes:
     )
 
 
+def tie_codes(decoder: AutoDecoder, data: TrainingSet) -> ShapeBasis:
+    """Fix the decoder's codes to the registrations' whitened PCA coefficients (over the face
+    region the scans show) and return the bases, which the checkpoint stores."""
+    regs = data.registrations
+    if regs is None or any(r is None or n is None for r, n in zip(regs.of_scan, regs.neutral, strict=True)):
+        raise UserError(
+            "code_space 'registrations' needs a registration of every training scan and of each "
+            "person's neutral scan (synthetic corpora have them); use code_space 'learned'"
+        )
+    region = corpus_region(data.corpus, data.keys, regs.of_scan)
+    pick = basis_vertices(region & (np.linalg.norm(regs.template, axis=1) < REGION_RADIUS))
+    first_scan = {int(p): i for i, p in reversed(list(enumerate(data.identity_of_scan)))}
+    neutral = np.stack([regs.neutral[first_scan[p]][pick] for p in range(len(data.identity_names))])
+    expressive = np.flatnonzero(data.exp_index >= 0)
+    expressive = expressive[np.argsort(data.exp_index[expressive])]  # rows of the code table
+    moved = np.stack([regs.of_scan[i][pick] for i in expressive]) if len(expressive) else neutral[:0]
+    still = np.stack([regs.neutral[i][pick] for i in expressive]) if len(expressive) else neutral[:0]
+    cfg = decoder.model.config
+    basis = ShapeBasis.build(neutral, moved, still, cfg.id_dim, cfg.exp_dim)
+    with torch.no_grad():
+        decoder.id_codes.copy_(basis.identity_codes(neutral))
+        if len(expressive):
+            decoder.exp_codes.copy_(basis.expression_codes(moved, still))
+    decoder.id_codes.requires_grad_(False)
+    decoder.exp_codes.requires_grad_(False)
+    return basis
+
+
 # -- the loop ----------------------------------------------------------------------------------
 def learning_rate_scale(cfg: TrainConfig, epoch: int) -> float:
     if epoch < cfg.lr_decay_after:
@@ -278,16 +309,15 @@ class Trainer:
             cfg.model, len(data.identity_names), len(data.keys), exp_index, cfg.code_init_std
         )
         self.decoder.model.template_landmarks.copy_(data.template_landmarks())
+        self.basis = tie_codes(self.decoder, data) if cfg.code_space == "registrations" else None
         self.decoder.to(env.device)
-        code_params = [self.decoder.id_codes, self.decoder.exp_codes]
+        code_params = [p for p in (self.decoder.id_codes, self.decoder.exp_codes) if p.requires_grad]
         if self.decoder.detail_codes is not None:
             code_params.append(self.decoder.detail_codes)
-        self.optimizer = torch.optim.Adam(
-            [
-                {"params": list(self.decoder.model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr},
-                {"params": code_params, "lr": cfg.code_lr, "base_lr": cfg.code_lr},
-            ]
-        )
+        groups = [{"params": list(self.decoder.model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        if code_params:
+            groups.append({"params": code_params, "lr": cfg.code_lr, "base_lr": cfg.code_lr})
+        self.optimizer = torch.optim.Adam(groups)
         self.module = self.decoder
         if env.world > 1:
             self.module = torch.nn.parallel.DistributedDataParallel(self.decoder, find_unused_parameters=True)
@@ -329,6 +359,8 @@ class Trainer:
         exp_rows = torch.tensor([expressive[k] for k in ckpt.codes.expression_keys], dtype=torch.long)
         with torch.no_grad():
             self.decoder.model.load_state_dict(ckpt.model.state_dict())
+            if self.basis is not None:  # tied codes come from this run's registrations
+                id_rows, exp_rows = id_rows[:0], exp_rows[:0]
             self.decoder.id_codes[id_rows] = ckpt.codes.z_id.to(self.decoder.id_codes)
             if len(exp_rows):
                 self.decoder.exp_codes[exp_rows] = ckpt.codes.z_exp.to(self.decoder.exp_codes)
@@ -426,7 +458,8 @@ class Trainer:
             return
         save_state(self.files.state, self.decoder, self.optimizer, self.step, self.epoch, self.cfg)
         meta = {**self.meta, "step": self.step, "epoch": self.epoch, "seed": self.cfg.seed}
-        save_checkpoint(self.files.model, self.decoder.model, trained_codes(self.decoder, self.data), meta)
+        codes = trained_codes(self.decoder, self.data)
+        save_checkpoint(self.files.model, self.decoder.model, codes, meta, self.basis)
 
 
 _WRITERS: dict[str, object] = {}
