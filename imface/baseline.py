@@ -75,16 +75,20 @@ class PCAModel:
             verts = mean + basis @ coefficients
             d_scan, to_scan = target_tree.query(verts)  # each vertex -> nearest scan point
             d_model, to_model = cKDTree(verts).query(target)  # each scan point -> nearest vertex
-            # rows B_i c = t_i - m_i; weights 1/distance make the squared terms the L1 Chamfer
-            # (iteratively reweighted), each direction a mean
-            rows = [(basis, target[to_scan] - mean, _l1_weights(d_scan))]
-            rows.append((basis[to_model], target - mean[to_model], _l1_weights(d_model)))
-            lhs, rhs = prior / k * np.eye(k), np.zeros(k)
-            for b, r, w in rows:
-                flat_b, flat_r = b.reshape(-1, k), r.reshape(-1)
-                flat_w = np.repeat(w, 3)[:, None]
-                lhs += flat_b.T @ (flat_w * flat_b)
-                rhs += flat_b.T @ (flat_w[:, 0] * flat_r)
+            # rows B_v c = t - m_v; weights 1/distance make the squared terms the L1 Chamfer
+            # (iteratively reweighted), each direction a mean. Every row belongs to a vertex, so
+            # the rows are summed per vertex first (weight, weighted residual): the normal
+            # equations then have one block per vertex however many scan points there are
+            w_scan, w_model = _l1_weights(d_scan), _l1_weights(d_model)
+            weight = w_scan + np.bincount(to_model, w_model, minlength=len(mean))
+            residual = w_scan[:, None] * (target[to_scan] - mean)
+            for axis in range(3):
+                residual[:, axis] += np.bincount(
+                    to_model, w_model * (target[:, axis] - mean[to_model, axis]), minlength=len(mean)
+                )
+            flat_b = basis.reshape(-1, k)
+            lhs = prior / k * np.eye(k) + flat_b.T @ (np.repeat(weight, 3)[:, None] * flat_b)
+            rhs = flat_b.T @ residual.reshape(-1)
             previous, coefficients = coefficients, np.linalg.solve(lhs, rhs)
             if np.abs(coefficients - previous).max() < 1e-4:
                 break
