@@ -259,6 +259,11 @@ class FitConfig:
     restarts: int = 1
     init: Literal["mean", "zeros"] = "mean"
     embedding_weight: float = 1e2
+    # codes tied to registrations (imface/model/basis.py): a whitened prior of this weight (on
+    # the leading dimension's scale; held-out scans fit best near 10), and each dimension held
+    # within code_bound_std of its std (the network saw no codes beyond the data's range)
+    whitened_prior_weight: float = 10.0
+    code_bound_std: float = 3.0
     seed: int = 0
     # after the codes, a regularised refinement along the normals brings the fitted mesh onto
     # the scan where it has data (imface/fit/refine.py); False keeps the codes-only surface

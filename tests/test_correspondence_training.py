@@ -9,6 +9,7 @@ from imface.model import Codes
 from imface.train.trainer import Dist, Trainer, TrainingSet
 from tests.test_train import tiny_config, write_sphere_cache
 
+SAMPLE_KEYS = ("surface_points", "surface_normals", "space_points", "space_sdf")
 TURN = np.radians(40.0)  # person 1's registration is turned about z against person 0's
 
 
@@ -126,7 +127,7 @@ def test_codes_tied_to_registrations_are_whitened_fixed_and_stored(tmp_path):
     (std `scale` per live dimension), training leaves them alone, the checkpoint carries the
     bases, and a fit starts from the linear face closest to the scan."""
     from imface.config import FitConfig
-    from imface.fit.codes import starting_codes
+    from imface.fit.codes import fit_codes, prior_std, starting_codes
     from imface.io import load_checkpoint
 
     root, _ = write_registered_sphere_cache(tmp_path / "cache", identities=3, expressions=2)
@@ -154,6 +155,15 @@ def test_codes_tied_to_registrations_are_whitened_fixed_and_stored(tmp_path):
     gap = np.median(np.abs(np.linalg.norm(face.numpy(), axis=1) - 0.55))
     mean_gap = np.median(np.abs(np.linalg.norm(basis.mean.numpy(), axis=1) - 0.55))
     assert gap < 0.2 * mean_gap, (gap, mean_gap)  # (measured: 0.011 against 0.10)
+
+    # the fit keeps every code dimension within code_bound_std of its std (a huge step cannot
+    # carry it past what the network was trained on)
+    samples = {k: torch.from_numpy(np.load(root / "002/1_expr" / f"{k}.npy")) for k in SAMPLE_KEYS}
+    cfg = FitConfig(iterations=3, lr=10.0, points_per_step=256, code_bound_std=3.0)
+    fit = fit_codes(ckpt.model, samples, cfg, init_id=z_id, init_exp=z_exp, prior_std=prior_std(ckpt))
+    for z, std in zip((fit.codes.z_id, fit.codes.z_exp), basis.code_std(), strict=True):
+        assert bool((z.abs() <= 3.0 * std + 1e-6).all())
+    assert float((fit.codes.z_id - z_id).abs().max()) > 0  # it did move
 
 
 def test_a_checkpoint_whose_code_bases_do_not_fit_its_config_is_refused(tmp_path):

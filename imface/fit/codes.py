@@ -115,6 +115,8 @@ def fit_codes(
             optimizer.zero_grad(set_to_none=True)
             per_restart.sum().backward()
             optimizer.step()
+            if prior_std is not None:
+                _keep_in_range(params, prior_std, cfg.code_bound_std)
             best = float(per_restart.detach().min())
             history.append(best)
             if progress is not None:
@@ -167,6 +169,15 @@ def _draw(samples, count: int, generator, device, iteration: int = 0) -> dict[st
     }
 
 
+@torch.no_grad()
+def _keep_in_range(params, prior_std, bound: float) -> None:
+    """Hold every code dimension within +-bound of its std: the network never saw codes
+    beyond the data's range, and its surface there is an extrapolation (bubbles behind the face)."""
+    for p, std in zip(params[:2], prior_std, strict=True):
+        limit = bound * std.to(p.device)
+        p.copy_(torch.maximum(torch.minimum(p, limit), -limit))
+
+
 def _whitening(prior_std, device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Factors that make the leading dimension's prior the plain one and whiten the others
     (a dimension the training data never moved is held at its start by a stiff prior)."""
@@ -193,15 +204,11 @@ def _restart_losses(
     normal_term = (1 - cos).mean(1)
     eikonal_term = (grad.norm(dim=-1) - 1).abs().mean(1)
     if whiten is None:
-        embedding = params[0].pow(2).mean(1) + params[1].pow(2).mean(1)
+        embedding = cfg.embedding_weight * (params[0].pow(2).mean(1) + params[1].pow(2).mean(1))
     else:
-        embedding = (params[0] * whiten[0]).pow(2).mean(1) + (params[1] * whiten[1]).pow(2).mean(1)
-    return (
-        w.sdf * sdf_term
-        + w.normal * normal_term
-        + w.eikonal * eikonal_term
-        + cfg.embedding_weight * embedding
-    )
+        whitened = (params[0] * whiten[0]).pow(2).mean(1) + (params[1] * whiten[1]).pow(2).mean(1)
+        embedding = cfg.whitened_prior_weight * whitened
+    return w.sdf * sdf_term + w.normal * normal_term + w.eikonal * eikonal_term + embedding
 
 
 # -- whole scans ---------------------------------------------------------------------------
