@@ -45,7 +45,7 @@ from imface.jobs import Cancelled, Job, Progress
 from imface.model.imface import Codes, ImFace
 from imface.scan.align import Alignment, align_from_landmarks, align_scan
 from imface.scan.load import Scan, decimate, load_scan
-from imface.units import MM_PER_UNIT, UNITS
+from imface.units import MM_PER_UNIT, REGION_RADIUS, UNITS
 
 __all__ = ["DEFAULT_CHECKPOINT", "AlignmentError", "CheckpointError", "MeshError", "UserError"]
 
@@ -427,6 +427,9 @@ def rig_summary(manifest: dict, folder) -> str:
     )
 
 
+RIM_RADIUS = 0.9 * REGION_RADIUS
+
+
 class Morpher:
     """Live morphing of one mesh topology that never returns a torn mesh: unconverged vertices are
     re-projected locally; when the result still tears, the last good vertices come back with
@@ -438,6 +441,11 @@ class Morpher:
         self.faces = base.faces
         self.max_edge = edge_bound(base.vertices, base.faces)
         self._graph = adjacency(base.faces, len(base.vertices))
+        # faces along the crop's rim (a vertex within 10 mm of the region's edge): where the face
+        # narrows or widens under an identity drag their vertices have no surface to follow, so
+        # hiding them until the re-mesh is not counted against MAX_HIDDEN_FACES
+        rim = np.linalg.norm(base.vertices, axis=1) > RIM_RADIUS
+        self._rim_faces = rim[base.faces].any(1)
         self.last_good = base.vertices.copy()
         with session.lock:
             self._engine = MorphEngine(session.model, base, session.torch_codes(base_codes))
@@ -472,7 +480,7 @@ class Morpher:
         in the region), else None."""
         outside = np.linalg.norm(vertices, axis=1) > MORPH_RADIUS
         hidden = stretched_faces(vertices, self.faces, self.max_edge) | outside[self.faces].any(1)
-        if hidden.mean() > MAX_HIDDEN_FACES:
+        if (hidden & ~self._rim_faces).mean() > MAX_HIDDEN_FACES:
             return None
         visible = check_mesh(*visible_part(vertices, self.faces, hidden), self.max_edge, MORPH_RADIUS)
         return hidden if visible.sound else None

@@ -183,3 +183,26 @@ def test_a_spike_stretches_only_its_own_faces_and_hiding_them_leaves_a_sound_mes
 
 def spike_free(vertices: np.ndarray) -> bool:
     return bool(np.abs(vertices[:, 2]).max() == 0.0)
+
+
+def test_faces_along_the_crop_rim_may_be_hidden_beyond_the_interior_limit(face_session):
+    """A drag that narrows the face leaves the crop rim's vertices with no surface to follow: their
+    faces are hidden until the re-mesh whatever their number, while torn faces inside the face
+    still count against MAX_HIDDEN_FACES."""
+    from imface.extract.repair import MAX_HIDDEN_FACES, MORPH_RADIUS
+    from imface.session import RIM_RADIUS
+
+    codes = face_session.mean_codes()
+    base = face_session.extract(codes, 48)
+    morpher = face_session.morpher(base, codes)
+    radius = np.linalg.norm(base.vertices, axis=1)
+    rim = radius > RIM_RADIUS
+    assert morpher._rim_faces.mean() > MAX_HIDDEN_FACES  # more rim than the interior limit
+    pushed = base.vertices.copy()
+    pushed[rim] *= (1.05 * MORPH_RADIUS / radius[rim])[:, None]  # every rim vertex flung outside
+    hidden = morpher._hideable(pushed)
+    assert hidden is not None and bool(hidden[morpher._rim_faces].any())
+    interior = np.flatnonzero(~rim)
+    torn = base.vertices.copy()
+    torn[interior[:: max(len(interior) // 200, 1)]] += 0.3  # spikes all over the face
+    assert morpher._hideable(torn) is None
