@@ -79,7 +79,7 @@ class MorphEngine:
         max_step: float = 0.05,
         chunk: int = 65536,
         check: bool = False,
-        preview_radius: float = 0.01,
+        preview_radius: float = 0.03,
     ):
         self.model = model
         self.tol = tol  # |W(p) - target| in model units (1e-4 = 0.01 mm)
@@ -87,7 +87,12 @@ class MorphEngine:
         self.max_step = max_step  # per-iteration move cap (model units), guards against wild steps
         self.chunk = chunk
         self.check = check  # measure |f| with a full SDF pass after each morph (costs one query)
-        self.preview_radius = preview_radius  # preview ticks trust the linear model this far (1 mm)
+        # preview ticks trust the linear model this far (3 mm): a tick that coalesced a large code
+        # step (a principal identity direction moves the face ~7 mm per std) would otherwise
+        # send almost every vertex to the re-projection (~240 ms instead of ~25 ms a frame at
+        # 15 k vertices), and a slow tick coalesces a larger step still; at the small steps of a
+        # fluent drag the preview's error is the same as with 1 mm (median 0.2 mm)
+        self.preview_radius = preview_radius
         self.reset(base_mesh, base_codes)
 
     @property
