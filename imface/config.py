@@ -215,7 +215,7 @@ class TrainConfig:
     lr_decay_after: int = 200  # epochs
     code_init_std: float = 0.01
     # "learned": auto-decoder codes (the paper); "registrations": codes fixed before training to
-    # the whitened PCA coefficients of each scan's registration (imface/model/basis.py)
+    # the PCA coordinates of each scan's registration (imface/model/basis.py)
     code_space: Literal["learned", "registrations"] = "learned"
     detail_start_epoch: int = 0  # ImFace++ detail stage starts here (if model.detail)
     detail_ramp_epochs: int = 20  # cosine ramp of the detail losses

@@ -123,9 +123,9 @@ def test_held_out_people_never_reach_training(tmp_path):
 
 
 def test_codes_tied_to_registrations_are_whitened_fixed_and_stored(tmp_path):
-    """code_space "registrations": the codes are the registrations' whitened PCA coefficients
-    (std `scale` per live dimension), training leaves them alone, the checkpoint carries the
-    bases, and a fit starts from the linear face closest to the scan."""
+    """code_space "registrations": the codes are the registrations' PCA coordinates (std `scale`
+    on the leading dimension, less on the others), training leaves them alone, the checkpoint
+    carries the bases, and a fit starts from the linear face closest to the scan."""
     from imface.config import FitConfig
     from imface.fit.codes import fit_codes, prior_std, starting_codes
     from imface.io import load_checkpoint

@@ -327,7 +327,7 @@ def starting_codes(checkpoint, surface_points, cfg: FitConfig) -> tuple[torch.Te
 
 
 def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
-    """The fit from the mean code; if it ends far from the scan, once more with restarts
+    """The fit from its starting codes; if it ends far from the scan, once more with restarts
     spread by the training codes' std (optimised as one batch), keeping the closer one."""
     stats = checkpoint.stats
     spread = (float(stats["id"].std.mean()), float(stats["exp"].std.mean()))

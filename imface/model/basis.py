@@ -2,7 +2,7 @@
 
 Learned auto-decoder codes sit in whatever small ball the code penalty leaves them (std ~0.003 on
 our corpora), so a new person's fitted code lands far outside anything the network was trained
-on. Here the codes are fixed before training instead: a person's identity code is the whitened PCA
+on. Here the codes are fixed before training instead: a person's identity code is the PCA
 coordinates of their neutral registration, a scan's expression code those of its displacement
 from that neutral registration (both over the face region scans show), in units of the leading
 direction's std times `scale`: the first dimension has std `scale`, the others as much less as

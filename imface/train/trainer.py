@@ -261,8 +261,8 @@ def trained_codes(decoder: AutoDecoder, data: TrainingSet) -> TrainedCodes:
 
 
 def tie_codes(decoder: AutoDecoder, data: TrainingSet) -> ShapeBasis:
-    """Fix the decoder's codes to the registrations' whitened PCA coefficients (over the face
-    region the scans show) and return the bases, which the checkpoint stores."""
+    """Fix the decoder's codes to the registrations' PCA coordinates (over the face region the
+    scans show; imface/model/basis.py) and return the bases, which the checkpoint stores."""
     regs = data.registrations
     if regs is None or any(r is None or n is None for r, n in zip(regs.of_scan, regs.neutral, strict=True)):
         raise UserError(
@@ -359,11 +359,10 @@ class Trainer:
         exp_rows = torch.tensor([expressive[k] for k in ckpt.codes.expression_keys], dtype=torch.long)
         with torch.no_grad():
             self.decoder.model.load_state_dict(ckpt.model.state_dict())
-            if self.basis is not None:  # tied codes come from this run's registrations
-                id_rows, exp_rows = id_rows[:0], exp_rows[:0]
-            self.decoder.id_codes[id_rows] = ckpt.codes.z_id.to(self.decoder.id_codes)
-            if len(exp_rows):
-                self.decoder.exp_codes[exp_rows] = ckpt.codes.z_exp.to(self.decoder.exp_codes)
+            if self.basis is None:  # tied codes come from this run's registrations, not the file
+                self.decoder.id_codes[id_rows] = ckpt.codes.z_id.to(self.decoder.id_codes)
+                if len(exp_rows):
+                    self.decoder.exp_codes[exp_rows] = ckpt.codes.z_exp.to(self.decoder.exp_codes)
         self.step = int(ckpt.meta.get("step", 0))
         self.epoch = self.step // self.batches_per_epoch
 
