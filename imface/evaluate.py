@@ -66,14 +66,7 @@ class Evaluator:
         arrays = self.corpus.load(key)
         samples = _tensors(arrays)
         init_id, init_exp = starting_codes(self.ckpt, samples["surface_points"], self.fit_config)
-        fit = fit_codes(
-            self.ckpt.model,
-            samples,
-            self.fit_config,
-            init_id=init_id,
-            init_exp=init_exp,
-            prior_std=prior_std(self.ckpt),
-        )
+        fit = self._fit(samples, init_id, init_exp)
         mesh = face_mesh(self.ckpt.model, fit.codes, self.resolution)
         coefficients = self.pca.fit(np.asarray(arrays["surface_points"]), seed=0)
         pca_vertices = self.pca.vertices(torch.from_numpy(coefficients)).detach().numpy()
@@ -134,12 +127,29 @@ class Evaluator:
             out = model.query(torch.from_numpy(np.asarray(points, dtype=np.float32)), prep)
         return out.template.numpy()
 
+    def _fit(self, samples, init_id, init_exp, fixed_identity=None):
+        return fit_codes(
+            self.ckpt.model,
+            samples,
+            self.fit_config,
+            init_id=init_id,
+            init_exp=init_exp,
+            prior_std=prior_std(self.ckpt),
+            fixed_identity=fixed_identity,
+        )
+
     def transfer(self, key_expr: str, key_neutral_src: str, key_neutral_dst: str, key_truth: str) -> dict:
-        """Expression of identity A onto identity B, against B's true scan with that expression."""
+        """Expression of identity A onto identity B, against B's true scan with that expression.
+        Both methods use A's neutral scan: the PCA adds A's expression offset (expression fit
+        minus neutral fit) to B's neutral fit; ImFace refits A's expression code with A's
+        identity held at its neutral fit and pairs it with B's identity code."""
         from imface.extract import face_mesh
 
         src, dst = self.fits[key_expr], self.fits[key_neutral_dst]
-        codes = Codes(dst["codes"].z_id[0], src["codes"].z_exp[0])
+        z_id_src = self.fits[key_neutral_src]["codes"].z_id[0]
+        samples = _tensors(self.corpus.load(key_expr))
+        z_exp = self._fit(samples, z_id_src, src["codes"].z_exp[0], fixed_identity=z_id_src).codes.z_exp
+        codes = Codes(dst["codes"].z_id[0], z_exp)
         mesh = face_mesh(self.ckpt.model, codes, self.resolution)
         truth = self.corpus.load(key_truth)
         gt_v, gt_f = np.asarray(truth["gt_vertices"]), np.asarray(truth["gt_faces"])

@@ -54,6 +54,18 @@ def test_fit_recovers_the_surface_of_a_face(face_model):
     assert all(p.requires_grad for p in face_model.parameters())  # network left trainable
 
 
+def test_fit_with_a_known_identity_moves_only_the_expression(face_model):
+    target = sample_codes(face_model.config, seed=5, std=0.3)
+    _, samples = sdf_samples(face_model, target)
+    known = target.z_id[0] + 0.01
+    cfg = FitConfig(iterations=15, points_per_step=512, embedding_weight=0.0)
+    start = target.z_exp[0] * 0.5
+    fit = fit_codes(face_model, samples, cfg, init_id=known, init_exp=start, fixed_identity=known)
+    assert torch.equal(fit.codes.z_id[0], known)
+    assert not torch.equal(fit.codes.z_exp[0], start)
+    assert fit.history[-1] < fit.history[0]
+
+
 def test_fit_can_be_cancelled(face_model):
     _, samples = sdf_samples(face_model, sample_codes(face_model.config, seed=3))
     stop_after = 3

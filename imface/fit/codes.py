@@ -77,6 +77,7 @@ def fit_codes(
     spread: tuple[float, float] = (0.0, 0.0),
     weights: LossWeights | None = None,
     prior_std: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fixed_identity: torch.Tensor | None = None,
     progress: ProgressFn | None = None,
     cancel=None,
 ) -> CodeFit:
@@ -86,6 +87,7 @@ def fit_codes(
     `spread` is the std of the random offsets given to restarts 1..R-1 (e.g. the training codes' std).
     `prior_std` (per dimension, identity and expression) whitens the code prior: a dimension that
     varies less is held closer to 0 (codes tied to registrations); None: one std for all.
+    `fixed_identity` holds z_id at a known code (the person's neutral fit) and fits the rest.
     """
     cfg = config or FitConfig()
     w = weights or LossWeights()
@@ -96,7 +98,9 @@ def fit_codes(
         p.to(device).requires_grad_(True)
         for p in _initial_codes(model, restarts, init_id, init_exp, spread, generator)
     ]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    if fixed_identity is not None:
+        params[0] = fixed_identity.detach().float().reshape(1, -1).repeat(restarts, 1).to(device)
+    optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=cfg.lr)
     whiten = _whitening(prior_std, device)
     for p in model.parameters():
         p.requires_grad_(False)
