@@ -1,3 +1,8 @@
-from imface.cli import main
+import os
+
+# before numpy loads: see main.py (small BLAS systems; a spinning BLAS pool starves torch's threads)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from imface.cli import main  # noqa: E402
 
 raise SystemExit(main())

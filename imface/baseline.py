@@ -71,8 +71,9 @@ class PCAModel:
         region = self.region.numpy()
         basis = (self.components.double() * self.stds.double()[:, None]).numpy()  # (K, V*3)
         basis = basis.reshape(len(basis), -1, 3)[:, region].transpose(1, 2, 0)  # (M, 3, K)
+        basis = np.ascontiguousarray(basis.reshape(-1, basis.shape[2]))  # (M*3, K), once
         mean = self.mean.double().numpy().reshape(-1, 3)[region]  # (M, 3)
-        coefficients = np.zeros(basis.shape[2])
+        coefficients = np.zeros(basis.shape[1])
         stages = [(p, COARSE_ITERATIONS) for p in COARSE_STAGES if p > prior] + [(prior, iterations)]
         for stage_prior, stage_iterations in stages:
             for _ in range(stage_iterations):
@@ -89,11 +90,14 @@ COARSE_ITERATIONS = 10
 
 
 def _icp_step(basis, mean, target, target_tree, coefficients, prior: float) -> np.ndarray:
-    """One closest-point pairing and exact reweighted solve (see `PCAModel.fit`)."""
+    """One closest-point pairing and exact reweighted solve (see `PCAModel.fit`); basis is
+    (M*3, K), mean (M, 3)."""
+    from scipy import linalg
+    from scipy.linalg import blas
     from scipy.spatial import cKDTree
 
-    k = basis.shape[2]
-    verts = mean + basis @ coefficients
+    k = basis.shape[1]
+    verts = mean + (basis @ coefficients).reshape(-1, 3)
     d_scan, to_scan = target_tree.query(verts)  # each vertex -> nearest scan point
     d_model, to_model = cKDTree(verts).query(target)  # each scan point -> nearest vertex
     # rows B_v c = t - m_v; weights 1/distance make the squared terms the L1 Chamfer
@@ -107,9 +111,10 @@ def _icp_step(basis, mean, target, target_tree, coefficients, prior: float) -> n
         residual[:, axis] += np.bincount(
             to_model, w_model * (target[:, axis] - mean[to_model, axis]), minlength=len(mean)
         )
-    flat_b = basis.reshape(-1, k)
-    lhs = prior / k * np.eye(k) + flat_b.T @ (np.repeat(weight, 3)[:, None] * flat_b)
-    return np.linalg.solve(lhs, flat_b.T @ residual.reshape(-1))
+    # B^T W B through a symmetric rank-k update (half the work of a general product)
+    weighted = np.sqrt(np.repeat(weight, 3))[:, None] * basis
+    lhs = blas.dsyrk(1.0, weighted, trans=1, lower=1) + prior / k * np.eye(k)
+    return linalg.solve(lhs, basis.T @ residual.reshape(-1), assume_a="pos", lower=True)
 
 
 def _l1_weights(distance: np.ndarray, floor: float = 0.005) -> np.ndarray:
