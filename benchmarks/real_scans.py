@@ -14,28 +14,32 @@ surfaces compared in the model frame, and the relative code difference). Prints 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
-from scipy.spatial import cKDTree
-from scipy.spatial.transform import Rotation
+# as `python -m imface` and the editor run: numpy's BLAS on one thread (imface/__main__.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from imface.config import FitConfig
-from imface.errors import UserError
-from imface.evaluate import pca_baseline
-from imface.fit.codes import fit_scan, surface_scores
-from imface.fit.refine import refine_to_scan
-from imface.fit.samples import scan_samples
-from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
-from imface.samples.cache import Corpus
-from imface.scan.load import MESH_SUFFIXES, Scan, load_scan
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.spatial import cKDTree  # noqa: E402
+from scipy.spatial.transform import Rotation  # noqa: E402
+
+from imface.config import FitConfig  # noqa: E402
+from imface.errors import UserError  # noqa: E402
+from imface.evaluate import pca_baseline  # noqa: E402
+from imface.fit.codes import fit_scan, surface_scores  # noqa: E402
+from imface.fit.refine import refine_to_scan  # noqa: E402
+from imface.fit.samples import scan_samples  # noqa: E402
+from imface.io import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
+from imface.samples.cache import Corpus  # noqa: E402
+from imface.scan.load import MESH_SUFFIXES, Scan, load_scan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FROM_MM = {"m": 0.001, "cm": 0.1, "mm": 1.0}
