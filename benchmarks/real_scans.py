@@ -96,7 +96,7 @@ def pca_side_by_side(pca, scan: Scan, alignment) -> dict:
     without and with the same detail stage."""
     samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
     points, normals = (samples[k].numpy() for k in ("surface_points", "surface_normals"))
-    coefficients = pca.fit(points, seed=0)
+    coefficients = pca.fit(points)
     vertices = pca.vertices(torch.from_numpy(coefficients)).detach().numpy().astype(np.float64)
     plain = surface_scores(vertices, pca.faces, samples)
     detail = refine_to_scan(vertices, pca.faces, points, normals)

@@ -51,7 +51,6 @@ class PCAModel:
         iterations: int = 30,
         prior: float = 1e-3,
         points: int = 10_000,
-        seed: int = 0,
     ) -> np.ndarray:
         """Coefficients minimising the two-sided closest-point (Chamfer-L1) distance between the
         model's region vertices and the scan's surface samples, plus prior * mean(c^2) (std units).
@@ -64,9 +63,7 @@ class PCAModel:
         stage (COARSE_STAGES) down to `prior` (held-out scans: PCA Chamfer 1.20 -> 1.16 mm)."""
         from scipy.spatial import cKDTree
 
-        rng = np.random.default_rng(seed)
-        target = np.asarray(surface_points, dtype=np.float64)
-        target = target[rng.choice(len(target), min(points, len(target)), replace=False)]
+        target = spread_subset(np.asarray(surface_points, dtype=np.float64), points)
         target_tree = cKDTree(target)
         region = self.region.numpy()
         basis = (self.components.double() * self.stds.double()[:, None]).numpy()  # (K, V*3)
@@ -115,6 +112,22 @@ def _icp_step(basis, mean, target, target_tree, coefficients, prior: float) -> n
     weighted = np.sqrt(np.repeat(weight, 3))[:, None] * basis
     lhs = blas.dsyrk(1.0, weighted, trans=1, lower=1) + prior / k * np.eye(k)
     return linalg.solve(lhs, basis.T @ residual.reshape(-1), assume_a="pos", lower=True)
+
+
+SUBSET_CELL = 0.005  # model units (0.5 mm)
+
+
+def spread_subset(points: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the points, chosen by a hash of their 0.5 mm cell of the model frame: the same
+    choice for the same surface in any order (another pose's samples; a random draw over the
+    array changes them all)."""
+    from imface.fit.samples import cell_hash
+
+    if len(points) <= count:
+        return points
+    cells = np.floor(points / SUBSET_CELL).astype(np.int64)
+    key = (cells[:, 0] * 73_856_093) ^ (cells[:, 1] * 19_349_663) ^ (cells[:, 2] * 83_492_791)
+    return points[np.argsort(cell_hash(key), kind="stable")[:count]]
 
 
 def _l1_weights(distance: np.ndarray, floor: float = 0.005) -> np.ndarray:

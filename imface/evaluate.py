@@ -68,7 +68,7 @@ class Evaluator:
         init_id, init_exp = starting_codes(self.ckpt, samples["surface_points"], self.fit_config)
         fit = self._fit(samples, init_id, init_exp)
         mesh = face_mesh(self.ckpt.model, fit.codes, self.resolution)
-        coefficients = self.pca.fit(np.asarray(arrays["surface_points"]), seed=0)
+        coefficients = self.pca.fit(np.asarray(arrays["surface_points"]))
         pca_vertices = self.pca.vertices(torch.from_numpy(coefficients)).detach().numpy()
         result = {
             "codes": fit.codes,

@@ -34,7 +34,7 @@ def test_pca_fit_recovers_a_new_face_from_its_cropped_region():
     assert np.array_equal(scan_region(list(heads[:5]), [h[region] for h in heads[:5]]), region)
 
     def fit_error(pca):
-        coefficients = torch.from_numpy(pca.fit(truth[region], iterations=300, seed=1))
+        coefficients = torch.from_numpy(pca.fit(truth[region], iterations=300))
         fitted = pca.vertices(coefficients).detach().numpy()
         return np.linalg.norm(fitted[region] - truth[region], axis=1).mean()
 

@@ -325,7 +325,7 @@ def starting_codes(checkpoint, surface_points, cfg: FitConfig) -> tuple[torch.Te
         return None, None
     if checkpoint.basis is not None:
         points = surface_points.cpu().numpy() if torch.is_tensor(surface_points) else surface_points
-        return checkpoint.basis.fit(np.asarray(points), seed=cfg.seed)
+        return checkpoint.basis.fit(np.asarray(points))
     stats = checkpoint.stats
     return stats["id"].mean, stats["exp"].mean
 

@@ -1,13 +1,14 @@
 """What the fit sees of a scan: SDF samples in the model frame that do not depend on the scan's
 pose, unit, vertex order or on whether it came as a mesh or a point cloud.
 
-Random samples drawn over the scan's triangles change wholesale when one triangle enters or
-leaves the crop (the draw is over the triangle list), and random minibatches then differ at every
-step: the same scan in another pose fitted to codes tens of percent apart. Here the dense surface
-samples are reduced to one point per cell of a fixed 1.5 mm grid of the model frame (the one
-nearest the cell centre), and minibatches are chosen by a hash of the cell, so two placements of
-the same scan give the same points and the same batches up to the alignment's own tolerance.
-Space samples are a fixed seeded ball of the model frame.
+Random samples drawn over the scan's triangle list change wholesale when one triangle enters or
+leaves the crop (every later draw shifts), and random minibatches then differ at every step: the
+same scan in another pose fitted to codes tens of percent apart. Here every surface sample is
+drawn from a hash of its triangle's index in the scan (the same in any pose) and of its number
+on that triangle, and minibatches are chosen by a hash of the same key: two placements of the
+same scan give the same points and the same batches, except on the few triangles that the
+alignment's own tolerance moves across the crop. Space samples are a fixed seeded ball of the
+model frame.
 
 A bare point cloud becomes a surface first: its visible points (a z-buffer in the model frame),
 triangulated as a height field over x, y without the long edges across holes; the normals are
@@ -26,6 +27,7 @@ SURFACE = 30_000  # surface samples
 SPACE = 8_000  # space samples in the unit ball
 GOLDEN = 0.6180339887498949
 QUANTUM = 1e-5  # model units (1 um)
+MAX_PER_TRIANGLE = 1 << 20  # sample keys: triangle key * this + the sample's number on it
 # Fewer points than this inside the face region (the 100 mm sphere; about one per 5 mm) leave
 # the triangulation too coarse to give the nose and lips their normals: refused.
 MIN_CLOUD_POINTS = 1_000
@@ -34,21 +36,17 @@ MIN_CLOUD_POINTS = 1_000
 def scan_samples(vertices_model, faces) -> dict[str, torch.Tensor]:
     """Surface points/normals (grid-reduced) and space points/SDF of a scan in the model frame,
     with a per-sample hash in [0, 1) that fixes the minibatches."""
-    from imface.samples.preprocess import (
-        _sample_triangles,
-        delaunay_sheet,
-        sheet_sdf,
-        uniform_ball,
-        visible_surface,
-    )
+    from imface.samples.preprocess import _submesh, delaunay_sheet, sheet_sdf, uniform_ball, visible_faces
 
     # rounded to 1 um: the same scan placed by two alignments that agree to float precision (other
     # pose, other unit) gives bit-identical samples; the fit amplifies even 1e-12 differences
     v_model = np.round(np.asarray(vertices_model, np.float64) / QUANTUM) * QUANTUM
     if faces is None or len(faces) == 0:
         faces = cloud_surface(v_model)
-    v, f = visible_surface(v_model, np.asarray(faces, np.int64))
-    points, fidx = _sample_triangles(v, f, SURFACE, np.random.default_rng(0))
+    faces = np.asarray(faces, np.int64)
+    kept = visible_faces(v_model, faces)
+    v, f = _submesh(v_model, faces[kept])
+    points, fidx, keys = keyed_surface_samples(v, f, kept, SURFACE)
     tri = v[f[fidx]]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-30
@@ -59,20 +57,43 @@ def scan_samples(vertices_model, faces) -> dict[str, torch.Tensor]:
     return {
         "surface_points": t(points),
         "surface_normals": t(normals),
-        "surface_hash": t(cell_hash(np.arange(SURFACE, dtype=np.int64))),
+        "surface_hash": t(cell_hash(3 * keys)),
         "space_points": t(space),
         "space_sdf": t(sdf),
         "space_hash": t(cell_hash(np.arange(SPACE, dtype=np.int64))),
     }
 
 
+def keyed_surface_samples(vertices, faces, face_keys, count: int):
+    """About `count` area-weighted points on the triangles: (points, triangle of each, key of
+    each). A triangle of key k gets floor(expected + hash(k)) points (its expected share,
+    rounded up or down by its own hash) at barycentric coordinates hashed from (k, number); the
+    points come in the order of their own hash, so any prefix is spread over the scan."""
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    face_keys = np.asarray(face_keys, np.int64)
+    per_face = np.floor(count * area / area.sum() + cell_hash(face_keys)).astype(np.int64)
+    fidx = np.repeat(np.arange(len(faces)), per_face)
+    number = np.arange(len(fidx)) - np.repeat(np.cumsum(per_face) - per_face, per_face)
+    keys = face_keys[fidx] * MAX_PER_TRIANGLE + number
+    order = np.argsort(cell_hash(3 * keys), kind="stable")  # any prefix is a spread-out subset
+    fidx, keys = fidx[order], keys[order]
+    s, r2 = np.sqrt(cell_hash(3 * keys + 1)), cell_hash(3 * keys + 2)
+    w = np.stack([1 - s, s * (1 - r2), s * r2], 1)
+    return np.einsum("nk,nkd->nd", w, tri[fidx]), fidx, keys
+
+
 def cell_hash(keys) -> np.ndarray:
-    """A fixed pseudo-random number in [0, 1) per integer key (Fibonacci hashing)."""
-    k = np.asarray(keys).astype(np.uint64)
+    """A fixed pseudo-random number in [0, 1) per integer key (the splitmix64 finaliser: a
+    multiplicative hash alone maps consecutive keys to an evenly stepped sequence, which aliases
+    with the order of a mesh's triangles, e.g. the slices of a CT surface)."""
+    z = np.asarray(keys).astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = (k * np.uint64(0x9E3779B97F4A7C15)) ^ (k >> np.uint64(29))
-        h = h * np.uint64(0xBF58476D1CE4E5B9)
-    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 def batch_mask(hashes: torch.Tensor, iteration: int, fraction: float) -> torch.Tensor:

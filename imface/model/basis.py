@@ -81,7 +81,7 @@ class ShapeBasis:
         return face
 
     # -- codes of a scan -----------------------------------------------------------------------
-    def fit(self, surface_points: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit(self, surface_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes of the linear face (mean + identity + expression directions) closest to a scan's
         surface samples in the model frame: the fit's starting point."""
         directions = torch.cat([self.identity, self.expression]).flatten(1)
@@ -93,7 +93,7 @@ class ShapeBasis:
         linear = PCAModel(
             self.mean.flatten(), components, stds, np.zeros((0, 3), int), torch.ones(vertices, dtype=bool)
         )
-        coefficients = torch.from_numpy(linear.fit(surface_points, seed=seed))
+        coefficients = torch.from_numpy(linear.fit(surface_points))
         coefficients[~live] = 0
         k = len(self.identity)
         id_std, exp_std = self.code_std()

@@ -269,15 +269,23 @@ def uniform_ball(n, rng, radius=1.0):
 
 def visible_surface(vertices_model_frame, faces):
     """Steps 1-2: crop to the unit sphere, remove hidden surfaces (model frame)."""
-    v, f = crop_sphere(np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64))
-    if len(f) == 0:
+    v, f = np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64)
+    return _submesh(v, f[visible_faces(v, f)])
+
+
+def visible_faces(vertices_model_frame, faces) -> np.ndarray:
+    """Indices of the faces that steps 1-2 keep: inside the unit sphere, seen from the front."""
+    v, f = np.asarray(vertices_model_frame, np.float64), np.asarray(faces, np.int64)
+    inside = np.flatnonzero((np.linalg.norm(v, axis=1) < 1.0)[f].all(1))
+    if len(inside) == 0:
         raise MeshError(
             "no part of the scan lies inside the model's unit sphere (is it aligned to the model frame?)"
         )
-    v, f = remove_hidden(v, f)
-    if len(f) < 10:
+    cropped_v, cropped_f = _submesh(v, f[inside])
+    kept = inside[~hidden_vertices(cropped_v, cropped_f)[cropped_f].any(1)]
+    if len(kept) < 10:
         raise MeshError("nothing of the scan is visible from the front after cropping")
-    return v, f
+    return kept
 
 
 def preprocess_mesh(vertices_model_frame, faces, n_surface=250_000, n_space=15_000, rng=None):

@@ -165,13 +165,14 @@ def template() -> Template:
 
 
 def scan_points(vertices, faces, n=20_000, rng=None):
-    """Evenly spread points of the scan: area-weighted surface samples, or a vertex subset."""
+    """Evenly spread points of the scan: area-weighted surface samples keyed by triangle (the
+    same points, moved, for the scan in any pose or unit), or a vertex subset."""
     rng = np.random.default_rng(0) if rng is None else rng
     v = np.asarray(vertices, dtype=np.float64)
     if faces is not None and len(faces):
-        from imface.samples.preprocess import _sample_triangles
+        from imface.fit.samples import keyed_surface_samples
 
-        return _sample_triangles(v, np.asarray(faces), n, rng)[0]
+        return keyed_surface_samples(v, np.asarray(faces), np.arange(len(faces)), n)[0]
     if len(v) > n:
         v = v[rng.choice(len(v), n, replace=False)]
     return v
@@ -220,19 +221,41 @@ def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upp
     return m, rms, float(np.mean(d < 0.05)), d
 
 
+def _polish(tree, scan_pts, tmpl, m, iterations=60, sigma=0.02, tol=1e-12):
+    """Converge to one fixed point so that the answer does not depend on where the search
+    started (the same scan in another pose or unit ends at the same placement, to float
+    precision, and gives bit-identical fitting samples). A trimmed ICP never gets there: points
+    entering and leaving its trimmed set make it cycle ~10 um around the optimum. Here every
+    template point of the upper face counts with a smooth robust (Geman-McClure, `sigma`)
+    weight of its point-to-plane residual; rigid steps."""
+    tp, tn = tmpl.points[tmpl.upper], tmpl.normals[tmpl.upper]
+    for _ in range(iterations):
+        inv = np.linalg.inv(m)
+        _, nn = tree.query(tp @ inv[:3, :3].T + inv[:3, 3], workers=1)
+        src = scan_pts[nn] @ m[:3, :3].T + m[:3, 3]  # matched scan points, model frame
+        residual = ((src - tp) * tn).sum(1)
+        weights = 1.0 / (1.0 + (residual / sigma) ** 2) ** 2
+        step = _point_to_plane(src, tp, tn, False, weights)
+        m = step @ m
+        if np.abs(step - np.eye(4)).max() < tol:
+            break
+    return m
+
+
 def _quantile(d, q):
     k = int(q * (len(d) - 1))
     return np.partition(d, k)[k]
 
 
-def _point_to_plane(src, dst, normals, scale_free):
+def _point_to_plane(src, dst, normals, scale_free, weights=None):
     """One linearised point-to-plane step: small rotation w, translation, optional scale."""
     cols = [np.cross(src, normals), normals]
     if scale_free:
         cols.append((normals * src).sum(1, keepdims=True))
     a = np.hstack(cols)
     b = ((dst - src) * normals).sum(1)
-    x = np.linalg.lstsq(a.T @ a + 1e-9 * np.eye(a.shape[1]), a.T @ b, rcond=None)[0]
+    wa = a if weights is None else a * weights[:, None]
+    x = np.linalg.lstsq(wa.T @ a + 1e-9 * np.eye(a.shape[1]), wa.T @ b, rcond=None)[0]
     r = Rotation.from_rotvec(x[:3]).as_matrix()
     s = 1.0 + (x[6] if scale_free else 0.0)
     return _matrix(s, r, x[3:6])
@@ -395,9 +418,7 @@ def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
     # the scale (when free) comes from the whole face: the upper face alone lets it drift
     m, _, _, _ = _icp(tree, pts, tmpl, tmpl.fine, start, 12 if free else 8, 0.2, free, plane=True)
     m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
-    # converge to the fixed point (rigid, fine steps) so that the answer does not depend on
-    # where the search started: the same scan in another pose ends at the same placement
-    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 40, 0.1, False, plane=True, upper=True, tol=1e-8)
+    m = _polish(tree, pts, tmpl, _polish(tree, pts, tmpl, m, sigma=0.05))
     s = float(np.cbrt(np.linalg.det(m[:3, :3])))
     m = _snap_nose(m, pts)
     return _Placement(m, s if free else scale, unit, face_evidence(tree, m, rms, inl, free))
