@@ -44,6 +44,20 @@ def test_samples_do_not_depend_on_pose_or_unit(synth_corpus):  # noqa: F811
     assert torch.equal(a["surface_hash"], b["surface_hash"])
 
 
+def test_a_triangle_leaving_the_crop_changes_only_its_own_samples(synth_corpus):  # noqa: F811
+    # another pose's alignment moves a triangle or two across the crop's border; a draw over
+    # the triangle list then changed every sample (and the fit's answer)
+    v, f, meta = load_synth(synth_corpus, "001/1_neutral")
+    m = model_frame(v, meta)
+    front = np.flatnonzero(np.linalg.norm(m[f].mean(1), axis=1) < 0.5)  # well inside the crop
+    a = scan_samples(m, f)["surface_points"].numpy()
+    cut = f.copy()
+    cut[front[len(front) // 2]] = np.argmax(np.linalg.norm(m, axis=1))  # now outside the crop
+    b = scan_samples(m, cut)["surface_points"].numpy()
+    moved = cKDTree(b).query(a)[0] > 1e-6
+    assert moved.sum() <= 10, moved.sum()
+
+
 def test_point_cloud_samples_follow_the_surface(synth_corpus):  # noqa: F811
     v, f, meta = load_synth(synth_corpus, "002/1_neutral")
     m = model_frame(v, meta)
