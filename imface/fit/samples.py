@@ -34,7 +34,7 @@ MIN_CLOUD_POINTS = 1_000
 
 
 def scan_samples(vertices_model, faces) -> dict[str, torch.Tensor]:
-    """Surface points/normals (grid-reduced) and space points/SDF of a scan in the model frame,
+    """Surface points/normals (keyed per triangle) and space points/SDF of a scan in the model frame,
     with a per-sample hash in [0, 1) that fixes the minibatches."""
     from imface.samples.preprocess import _submesh, delaunay_sheet, sheet_sdf, uniform_ball, visible_faces
 
