@@ -35,16 +35,30 @@ def stalls(probe) -> dict:
 
 
 class GuiWork:
-    """Time the viewport calls the GUI thread makes (render, point and geometry updates): CPU time
-    of the GUI thread (time.thread_time), which CPU starvation by other processes does not inflate,
-    next to wall time."""
+    """Time the viewport calls the GUI thread makes (render requests, point and geometry updates)
+    and the frames VTK draws when Qt paints ("draw": on a software rasteriser the largest cost):
+    CPU time of the GUI thread (time.thread_time), which CPU starvation by other processes does
+    not inflate, next to wall time."""
 
-    CALLS = ("render", "update_points", "replace_geometry", "set_mesh")
+    CALLS = ("render", "draw", "update_points", "replace_geometry", "set_mesh")
 
     def __init__(self, viewport):
         self.calls: list[tuple[str, float, float]] = []
         for name in self.CALLS:
-            setattr(viewport, name, self._timed(name, getattr(viewport, name)))
+            if name != "draw":
+                setattr(viewport, name, self._timed(name, getattr(viewport, name)))
+        if viewport.plotter is not None:
+            self._frame_start = (0.0, 0.0)
+            window = viewport.plotter.ren_win
+            window.AddObserver("StartEvent", self._draw_started)
+            window.AddObserver("EndEvent", self._draw_ended)
+
+    def _draw_started(self, *_):
+        self._frame_start = (time.thread_time(), time.perf_counter())
+
+    def _draw_ended(self, *_):
+        c0, t0 = self._frame_start
+        self.calls.append(("draw", time.thread_time() - c0, time.perf_counter() - t0))
 
     def _timed(self, name, fn):
         def call(*args, **kwargs):
@@ -66,6 +80,7 @@ class GuiWork:
                     "n": len(rows),
                     "cpu_max_ms": round(cpu.max(), 1),
                     "wall_max_ms": round(wall.max(), 1),
+                    "wall_mean_ms": round(wall.mean(), 1),
                 }
         return out
 
