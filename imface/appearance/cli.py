@@ -40,6 +40,12 @@ def add_arguments(parser) -> None:
     train.add_argument("--time-limit", type=float, help="seconds for the colour stage")
     train.add_argument("--space", default="template", choices=("template", "observation"))
     train.add_argument("--background", default="white", choices=tuple(BACKGROUNDS))
+    train.add_argument(
+        "--no-projected-base",
+        dest="projected_base",
+        action="store_false",
+        help="learn the colour from grey instead of from the images projected onto the face",
+    )
 
     render = sub.add_parser("render", help="render novel views and expressions of a trained appearance")
     render.add_argument("appearance", help="folder written by appearance train")
@@ -74,7 +80,9 @@ def _train(args, session) -> dict:
     from imface.appearance.transforms import find_transforms, read_transforms
     from imface.jobs import drive_with_tqdm
 
-    config = FieldConfig(space=args.space, background=BACKGROUNDS[args.background])
+    config = FieldConfig(
+        space=args.space, background=BACKGROUNDS[args.background], projected_base=args.projected_base
+    )
     views = read_transforms(find_transforms(args.images), config.background)
     codes = _person_codes(args, session, views)
     options = TrainOptions(

@@ -49,6 +49,10 @@ class FieldConfig:
     width: int = 64
     layers: int = 2
     view_dependent: bool = True  # the view direction enters the last layer
+    # start from the training images projected onto the face (vertex colours looked up at the
+    # colour coordinates) and learn a correction on top: the field begins where the projection
+    # baseline ends instead of at grey, and the photometric loss only has the residual to learn
+    projected_base: bool = True
     shell: Shell = dataclasses.field(default_factory=Shell)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
@@ -71,6 +75,7 @@ class FieldConfig:
         d = dict(d)
         d["shell"] = Shell(**d.get("shell", {}))
         d["background"] = tuple(float(c) for c in d.get("background", (1, 1, 1)))
+        d.setdefault("projected_base", False)  # folders written before the base existed
         return cls(**d).validate()
 
 
@@ -79,7 +84,11 @@ _PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 
 
 class ColourNet(nn.Module):
-    """Tri-plane features + encoded coordinates -> ReLU MLP -> (+ view direction) -> sRGB."""
+    """Tri-plane features + encoded coordinates -> ReLU MLP -> (+ view direction) -> sRGB; with a
+    base (`set_base`), the MLP's output is a correction (in logits) to the base colour, the
+    inverse-distance mean of the base colours of the 4 base points nearest in colour space."""
+
+    BASE_NEIGHBOURS = 4
 
     def __init__(self, cfg: FieldConfig):
         super().__init__()
@@ -93,6 +102,41 @@ class ColourNet(nn.Module):
         self.view_dependent = cfg.view_dependent
         head_in = cfg.width + (3 if cfg.view_dependent else 0)
         self.head = nn.Sequential(nn.Linear(head_in, cfg.width // 2), nn.ReLU(), nn.Linear(cfg.width // 2, 3))
+        self.register_buffer("base_points", torch.zeros(0, 3))
+        self.register_buffer("base_colours", torch.zeros(0, 3))
+        self._base_tree = None
+
+    def set_base(self, points, colours, zero_correction: bool = True):
+        """Base colours (N, 3, in 0..1) at points of the colour coordinates (N, 3). With
+        `zero_correction` the network's output starts at exactly the base colour."""
+        from scipy.spatial import cKDTree
+
+        points = np.asarray(points, np.float32)
+        colours = np.clip(np.asarray(colours, np.float32), 0.0, 1.0)
+        if points.ndim != 2 or points.shape[1] != 3 or colours.shape != points.shape or not len(points):
+            raise UserError("the colour base needs matching (N, 3) points and colours")
+        self.base_points = torch.from_numpy(points)
+        self.base_colours = torch.from_numpy(colours)
+        self._base_tree = cKDTree(points)
+        if zero_correction:
+            with torch.no_grad():
+                self.head[-1].weight.zero_()
+                self.head[-1].bias.zero_()
+
+    @property
+    def has_base(self) -> bool:
+        return len(self.base_points) > 0
+
+    def base(self, coords: Tensor) -> Tensor:
+        if self._base_tree is None:  # loaded from a file
+            self.set_base(self.base_points.numpy(), self.base_colours.numpy(), zero_correction=False)
+        k = min(self.BASE_NEIGHBOURS, len(self.base_points))
+        distance, nearest = self._base_tree.query(coords.detach().numpy().astype(np.float64), k=k)
+        distance, nearest = distance.reshape(len(coords), k), nearest.reshape(len(coords), k)
+        weight = 1.0 / np.maximum(distance, 1e-6)
+        weight /= weight.sum(1, keepdims=True)
+        colours = (self.base_colours.numpy()[nearest] * weight[..., None]).sum(1)
+        return torch.from_numpy(colours.astype(np.float32))
 
     def features(self, coords: Tensor) -> Tensor:
         """Bilinear samples of the three planes at the coordinates' projections, (N, 3 C)."""
@@ -105,7 +149,10 @@ class ColourNet(nn.Module):
         h = self.trunk(h)
         if self.view_dependent:
             h = torch.cat([h, directions], dim=-1)
-        return torch.sigmoid(self.head(h))
+        correction = self.head(h)
+        if self.has_base:
+            return torch.sigmoid(torch.logit(self.base(coords), eps=1e-3) + correction)
+        return torch.sigmoid(correction)
 
 
 def face_surface(model, prep, space: str = "template"):
@@ -209,8 +256,13 @@ def load_appearance(folder, session=None) -> RadianceField:
         raise UserError(f"{path}: not a readable appearance ({exc})") from None
     net = ColourNet(cfg)
     try:
-        net.load_state_dict(load_file(str(folder / WEIGHTS)))
-    except (OSError, SafetensorError, RuntimeError) as exc:
+        weights = load_file(str(folder / WEIGHTS))
+        for name in ("base_points", "base_colours"):  # folders written before the base existed
+            weights.setdefault(name, torch.zeros(0, 3))
+        if len(weights.get("base_points", ())):
+            net.set_base(weights["base_points"].numpy(), weights["base_colours"].numpy(), zero_correction=False)
+        net.load_state_dict(weights)
+    except (OSError, SafetensorError, RuntimeError, UserError) as exc:
         raise UserError(f"{folder / WEIGHTS}: weights do not load ({str(exc).splitlines()[0]})") from None
     if session is not None and codes.z_id.shape != (session.id_dim,):
         raise UserError(

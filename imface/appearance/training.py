@@ -74,15 +74,22 @@ def train_job(
     optimiser = torch.optim.Adam(net.parameters(), lr=opt.lr)
     start = time.perf_counter()
     yield Progress("Centring rays on the face", 0, None, f"{len(views)} views")
-    table = _ray_table(views, view_centres(shell_mesh(session, codes), views.cameras, cfg.shell))
+    mesh = shell_mesh(session, codes)
+    table = _ray_table(views, view_centres(mesh, views.cameras, cfg.shell))
     if len(table["centre"]) == 0:
         raise UserError(f"{images_dir}: the face at these codes is seen in none of the images")
+    if cfg.projected_base:
+        yield Progress("Projecting the images onto the face", 0, None)
+        net.set_base(*_projected_base(session, codes, mesh, views, cfg.space))
     refined = codes
     if opt.code_steps > 0:
         refined = yield from _refine_codes(
             session, codes, net, optimiser, table, cfg, opt, views.alpha is not None
         )
-        table = _ray_table(views, view_centres(shell_mesh(session, refined), views.cameras, cfg.shell))
+        mesh = shell_mesh(session, refined)
+        table = _ray_table(views, view_centres(mesh, views.cameras, cfg.shell))
+        if cfg.projected_base:  # the face moved: project again, keep the correction learnt so far
+            net.set_base(*_projected_base(session, refined, mesh, views, cfg.space), zero_correction=False)
     geometry_seconds = time.perf_counter() - start
     sdf, coords = yield from _cache_shells(session, refined, table, cfg)
     colour_start = time.perf_counter()
@@ -109,6 +116,15 @@ def train_job(
     yield Progress("Saving appearance", 0, None, str(out))
     save_appearance(out, field, initial_codes=codes)
     return AppearanceResult(Path(out), field, report)
+
+
+def _projected_base(session, codes, mesh, views: ViewSet, space: str):
+    """The projection baseline's vertex colours at the vertices' colour coordinates."""
+    from imface.appearance.projection import project_colours
+
+    colours = project_colours(mesh, views)
+    points = session.template_coordinates(codes, mesh.vertices) if space == "template" else mesh.vertices
+    return points, colours
 
 
 def plane_resolution_for(views: ViewSet) -> int:
