@@ -110,7 +110,8 @@ class Viewport(QObject):
                     height=0.75,
                     title_font_size=12,
                     label_font_size=11,
-                    render=False,  # the caller schedules one render (a synchronous one here stalled the GUI ~0.3 s)
+                    # the caller schedules one render; a synchronous one here stalled the GUI ~0.3 s
+                    render=False,
                 ),
             )
         else:

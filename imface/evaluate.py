@@ -82,7 +82,8 @@ class Evaluator:
         result["imface"] = compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)
         result["pca"] = compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)
         # the whole fit pipeline: the same person-specific detail stage after either model
-        scan_points, scan_normals = np.asarray(arrays["surface_points"]), np.asarray(arrays["surface_normals"])
+        scan_points = np.asarray(arrays["surface_points"])
+        scan_normals = np.asarray(arrays["surface_normals"])
         for name, v, f in (("imface", mesh.vertices, mesh.faces), ("pca", pca_vertices, self.pca.faces)):
             detailed = refine_to_scan(v, f, scan_points, scan_normals).apply(v)
             result[f"{name}_detail"] = compare_meshes(detailed, f, gt_v, gt_f, self.points)

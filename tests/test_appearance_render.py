@@ -232,7 +232,8 @@ def test_synth_train_render_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert result.report["steps"] == 100 and (tmp_path / "app" / "appearance.json").is_file()
     field = load_appearance(tmp_path / "app", session)
     camera = views.cameras[0]
-    before, after = result.field.render(session, field.codes, camera), field.render(session, field.codes, camera)
+    before = result.field.render(session, field.codes, camera)
+    after = field.render(session, field.codes, camera)
     assert np.allclose(before[0], after[0], atol=1e-5)  # the base travels with the weights
     assert not np.array_equal(field.codes.z_id, codes.z_id)  # refined, a little
     assert np.abs(field.codes.z_id - codes.z_id).max() < 0.05

@@ -260,7 +260,8 @@ def load_appearance(folder, session=None) -> RadianceField:
         for name in ("base_points", "base_colours"):  # folders written before the base existed
             weights.setdefault(name, torch.zeros(0, 3))
         if len(weights.get("base_points", ())):
-            net.set_base(weights["base_points"].numpy(), weights["base_colours"].numpy(), zero_correction=False)
+            base = weights["base_points"].numpy(), weights["base_colours"].numpy()
+            net.set_base(*base, zero_correction=False)
         net.load_state_dict(weights)
     except (OSError, SafetensorError, RuntimeError, UserError) as exc:
         raise UserError(f"{folder / WEIGHTS}: weights do not load ({str(exc).splitlines()[0]})") from None
