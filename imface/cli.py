@@ -64,15 +64,21 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in _NO_DEFAULT:
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or "%(default)" in text or not action.option_strings or action.default in _NO_DEFAULT:
             return text
         return f"{text} (default: %(default)s)".strip()
 
 
 def _show_every_default(parser: argparse.ArgumentParser) -> None:
-    """Options without a help text still show their default (argparse hides such lines)."""
+    """Options without a help text still show their default (argparse hides such lines), in the
+    command's parser and in its actions' (``appearance train``)."""
+    parser.formatter_class = DefaultsFormatter
     for action in parser._actions:
-        if not action.help and action.option_strings and action.default not in _NO_DEFAULT:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _show_every_default(nested)
+        elif not action.help and action.option_strings and action.default not in _NO_DEFAULT + (True,):
             action.help = "default: %(default)s"
 
 

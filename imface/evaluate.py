@@ -346,7 +346,7 @@ def add_arguments(parser) -> None:
     from imface.io import DEFAULT_CHECKPOINT
 
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--corpus", required=True, help="prepared cache (python -m imface prepare)")
     parser.add_argument("--split", choices=["test", "train"], default="test")
     parser.add_argument("--json", required=True, help="output JSON (a .md table is written beside it)")
     parser.add_argument(

@@ -398,7 +398,7 @@ def save_mesh(
 
 # -- CLI: python -m imface info CKPT ------------------------------------------------------------
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT), help="checkpoint file")
 
 
 def run(args) -> int:

@@ -161,3 +161,27 @@ def test_fit_folder_is_resumable_and_reports_non_faces(checkpoint, synth_corpus,
     main(args)  # resumes: the finished scan is skipped, the failed one retried
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary == {"fitted": 0, "skipped": 1, "failed": 1, "out": str(out)}
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare", "train", "eval", "fit", "appearance"])
+def test_every_option_explains_itself_in_help(command):
+    """`--help` of every command (and of its actions, as `appearance train`) gives each option a
+    line of help; a default, where there is one, is shown."""
+    import argparse
+
+    from imface.cli import build_parser
+
+    def options(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for nested in action.choices.values():
+                    yield from options(nested)
+            elif action.dest != "help":
+                yield parser, action
+
+    top = build_parser([command])
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for parser, action in options(sub):
+        assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+        if action.option_strings and action.default not in (None, False, True):
+            assert "default" in parser.format_help() and str(action.default) in parser.format_help()

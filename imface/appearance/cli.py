@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--views", type=int, default=24, help="training views")
     synth.add_argument("--size", type=int, default=256, help="image width and height in pixels")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="seed of the person, albedo and cameras")
     synth.add_argument("--expression", default="2_smile", help="the held-out expression")
 
     train = sub.add_parser("train", help="fit the radiance field to images with cameras (transforms.json)")
@@ -38,8 +38,18 @@ def add_arguments(parser) -> None:
     train.add_argument("--code-steps", type=int, default=100, help="joint code-refinement steps (0: off)")
     train.add_argument("--rays", type=int, default=2048, help="rays per step")
     train.add_argument("--time-limit", type=float, help="seconds for the colour stage")
-    train.add_argument("--space", default="template", choices=("template", "observation"))
-    train.add_argument("--background", default="white", choices=tuple(BACKGROUNDS))
+    train.add_argument(
+        "--space",
+        default="template",
+        choices=("template", "observation"),
+        help="colour over template coordinates (follows the codes) or observation points (ablation)",
+    )
+    train.add_argument(
+        "--background",
+        default="white",
+        choices=tuple(BACKGROUNDS),
+        help="colour behind the face (RGBA images)",
+    )
     train.add_argument(
         "--no-projected-base",
         dest="projected_base",
@@ -54,7 +64,7 @@ def add_arguments(parser) -> None:
     render.add_argument("--expressions", default="neutral", help="neutral, all, or names (2_smile,...)")
     render.add_argument("--size", type=int, help="image width in pixels (default: the cameras' own)")
     for p in (synth, train, render):
-        p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+        p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model checkpoint")
 
 
 def run(args) -> int:

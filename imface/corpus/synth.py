@@ -344,7 +344,7 @@ def _people(jobs, workers: int):
 def add_arguments(parser) -> None:
     parser.add_argument("--identities", type=int, default=20, help="number of people")
     parser.add_argument("--out", required=True, help="output folder (FaceScape TU layout)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the people and scans")
     parser.add_argument(
         "--first",
         type=int,

@@ -33,7 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--albedo", help="write the colour in template space here (.safetensors)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--iterations", type=int, default=FitConfig.iterations)
-    parser.add_argument("--restarts", type=int, default=FitConfig.restarts)
+    parser.add_argument(
+        "--restarts", type=int, default=FitConfig.restarts, help="fits from other starts (best kept)"
+    )
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument(
         "--unit",

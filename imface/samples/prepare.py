@@ -37,14 +37,14 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--space", type=int, default=15_000, help="points in the unit sphere per scan (paper: 15k)"
     )
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="processes")
     parser.add_argument("--landmarks", help="FaceScape landmark_indices.npz (key v10)")
     parser.add_argument(
         "--unit",
         choices=("m", "cm", "mm"),
         help="unit of the scans (default: from the corpus, or guessed from each scan's size)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the SDF samples")
     parser.add_argument("--limit", type=int, help="prepare only the first N scans")
 
 

@@ -24,12 +24,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="TrainConfig JSON (see imface/config.py)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model size")
     parser.add_argument("--detail", action="store_true", help="ImFace++ detail field")
-    parser.add_argument("--deformation", choices=["translation", "se3"])
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--scans-per-batch", type=int)
-    parser.add_argument("--points-per-scan", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument(
+        "--deformation",
+        choices=["translation", "se3"],
+        help="warp type of the deformation nets (config: translation)",
+    )
+    parser.add_argument("--epochs", type=int, help="passes over the training scans (config: 200)")
+    parser.add_argument("--scans-per-batch", type=int, help="scans in one step (config: 8)")
+    parser.add_argument("--points-per-scan", type=int, help="SDF samples per scan and step (config: 4096)")
+    parser.add_argument("--lr", type=float, help="network learning rate (config: 1e-4)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (config: 200)")
     parser.add_argument(
         "--test-identities",
         type=float,
@@ -40,9 +44,9 @@ def add_arguments(parser) -> None:
         help="comma-separated people to hold out (e.g. those a checkpoint given to --init-from "
         "held out), instead of --test-identities",
     )
-    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps")
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
-    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
     parser.add_argument(
