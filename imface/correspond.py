@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from imface.appearance.albedo import Albedo
 from imface.errors import UserError
 from imface.model import Codes, ImFace
 from imface.paths import atomic_output, atomic_write_text
@@ -154,3 +155,30 @@ def run(args) -> int:
     atomic_write_text(out / "mapping.json", json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
+
+
+def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:
+    """Index of B's vertex that corresponds to vertex `index` of A (nearest in template space)."""
+    idx, _ = correspondence(template_a[index : index + 1], template_b)
+    return int(np.asarray(idx).reshape(-1)[0])
+
+
+PAINT_MODES = {"coords": "template", "checker": "checker", "uv": "uv-grid"}
+
+
+def paint_colors(
+    template: np.ndarray, mode: str, image: np.ndarray | None = None, albedo: Albedo | None = None
+) -> np.ndarray:
+    """Per-vertex RGB uint8 painted in template space: 'coords', 'checker', 'uv', 'image' or
+    'albedo' (a face's own colour; neutral without one)."""
+    if mode == "albedo":
+        return (albedo or Albedo.neutral_albedo()).lookup(template)
+    if mode == "image":
+        if image is None:
+            raise UserError("painting with an image needs an image")
+        rgb = paint(template, image=image)
+    elif mode in PAINT_MODES:
+        rgb = paint(template, PAINT_MODES[mode])
+    else:
+        raise UserError(f"unknown paint mode {mode!r} (use coords, checker, uv, image or albedo)")
+    return np.clip(np.round(np.asarray(rgb)[:, :3] * 255), 0, 255).astype(np.uint8)

@@ -22,30 +22,22 @@ import numpy as np
 import torch
 
 from imface.appearance.albedo import Albedo, NoColourOnFace, colours_for, transfer_colours
+from imface.codes import CodeSpace, FaceCodes, to_numpy
 from imface.config import FitConfig, ModelConfig
-from imface.correspond import correspondence, paint, template_coordinates
+from imface.correspond import match_vertex, paint_colors, template_coordinates
 from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
-from imface.extract import BandCache, Mesh, MorphEngine, extract_narrow_band, face_sdf, refine
-from imface.extract.repair import (
-    MAX_HIDDEN_FACES,
-    MORPH_RADIUS,
-    adjacency,
-    check_mesh,
-    crop_to_region,
-    edge_bound,
-    repair_morph,
-    stretched_faces,
-    visible_part,
-)
+from imface.extract import BandCache, Mesh, extract_narrow_band, face_sdf, refine
+from imface.extract.live import Morpher, MorphFrame
+from imface.extract.repair import MORPH_RADIUS, crop_to_region
 from imface.fit.codes import FitCancelled, fit_scan
 from imface.fit.refine import DetailMap, along_normals
 from imface.generate import FACESCAPE_EXPRESSIONS, export_rig, expression_codes, write_face
-from imface.io import DEFAULT_CHECKPOINT, Checkpoint, CodeStats, TrainedCodes, load_checkpoint
+from imface.io import DEFAULT_CHECKPOINT, Checkpoint, TrainedCodes, load_checkpoint
 from imface.jobs import Cancelled, Job, Progress
 from imface.model.imface import Codes, ImFace
 from imface.scan.align import Alignment, align_from_landmarks, align_scan
 from imface.scan.load import Scan, decimate, load_scan
-from imface.units import MM_PER_UNIT, REGION_RADIUS, UNITS
+from imface.units import MM_PER_UNIT, UNITS
 
 __all__ = ["DEFAULT_CHECKPOINT", "AlignmentError", "CheckpointError", "MeshError", "UserError"]
 
@@ -57,107 +49,6 @@ DEFAULT_QUALITY = "draft"
 PREVIEW_RESOLUTION = 48  # quick re-extraction while a drag goes where the morph cannot follow
 DISPLAY_VERTICES = 20_000  # scans are shown decimated to about this many vertices
 PREVIEW_EVERY = 25  # fit iterations between live meshes
-
-
-# -- codes ----------------------------------------------------------------------------------
-@dataclass
-class FaceCodes:
-    """One face's latent codes as numpy (what the editor stores and presets hold)."""
-
-    z_id: np.ndarray
-    z_exp: np.ndarray
-    neutral: bool = False
-    z_detail: np.ndarray | None = None
-
-    def copy(self) -> FaceCodes:
-        detail = None if self.z_detail is None else self.z_detail.copy()
-        return FaceCodes(self.z_id.copy(), self.z_exp.copy(), bool(self.neutral), detail)
-
-    def equals(self, other: FaceCodes | None) -> bool:
-        return (
-            other is not None
-            and self.neutral == other.neutral
-            and np.array_equal(self.z_id, other.z_id)
-            and np.array_equal(self.z_exp, other.z_exp)
-        )
-
-    def lerp(self, other: FaceCodes, t: float) -> FaceCodes:
-        detail = None
-        if self.z_detail is not None and other.z_detail is not None:
-            detail = (1 - t) * self.z_detail + t * other.z_detail
-        return FaceCodes(
-            ((1 - t) * self.z_id + t * other.z_id).astype(np.float32),
-            ((1 - t) * self.z_exp + t * other.z_exp).astype(np.float32),
-            self.neutral if t < 0.5 else other.neutral,
-            detail,
-        )
-
-    def to_json(self) -> dict:
-        d = {"z_id": self.z_id.tolist(), "z_exp": self.z_exp.tolist(), "neutral": bool(self.neutral)}
-        if self.z_detail is not None:
-            d["z_detail"] = self.z_detail.tolist()
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> FaceCodes:
-        """The codes JSON of presets and of ``fit --codes`` (z_id, z_exp, neutral)."""
-        detail = d.get("z_detail")
-        z_id = np.asarray(d["z_id"], np.float32).reshape(-1)
-        z_exp = np.asarray(d["z_exp"], np.float32).reshape(-1)
-        neutral = bool(np.asarray(d.get("neutral", False)).reshape(-1)[0])
-        return cls(z_id, z_exp, neutral, None if detail is None else np.asarray(detail, np.float32))
-
-    @classmethod
-    def from_torch(cls, codes: Codes) -> FaceCodes:
-        neutral = False if codes.neutral is None else bool(codes.neutral.reshape(-1)[0])
-        detail = None if codes.z_detail is None else _numpy(codes.z_detail)
-        return cls(_numpy(codes.z_id), _numpy(codes.z_exp), neutral, detail)
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32).reshape(-1)
-
-
-@dataclass
-class CodeSpace:
-    """Statistics of one code space: slider k moves along basis[k] by std[k] per unit."""
-
-    mean: np.ndarray  # (D,)
-    std: np.ndarray  # (K,) std along each principal direction
-    basis: np.ndarray  # (K, D) orthonormal rows
-    raw_std: np.ndarray  # (D,) per-dimension std (raw-dimension sliders)
-
-    @classmethod
-    def of(cls, stats: CodeStats) -> CodeSpace:
-        floor = 1e-3  # a direction without spread still moves a little (one training code)
-        return cls(
-            stats.mean.numpy().astype(np.float32),
-            np.maximum(stats.basis_std.numpy(), floor).astype(np.float32),
-            stats.basis.numpy().astype(np.float32),
-            np.maximum(stats.std.numpy(), floor).astype(np.float32),
-        )
-
-    @classmethod
-    def isotropic(cls, dim: int, std: float) -> CodeSpace:
-        z, s = np.zeros(dim, np.float32), np.full(dim, std, np.float32)
-        return cls(z, s, np.eye(dim, dtype=np.float32), s.copy())
-
-    def to_sliders(self, z: np.ndarray, raw: bool = False) -> np.ndarray:
-        if raw:
-            return (z - self.mean) / self.raw_std
-        return (self.basis @ (z - self.mean)) / self.std
-
-    def with_slider(self, z: np.ndarray, k: int, value: float, raw: bool = False) -> np.ndarray:
-        z = z.astype(np.float32).copy()
-        if raw:
-            z[k] = self.mean[k] + value * self.raw_std[k]
-            return z
-        current = float(self.basis[k] @ (z - self.mean)) / self.std[k]
-        return (z + (value - current) * self.std[k] * self.basis[k]).astype(np.float32)
-
-    def sample(self, rng: np.random.Generator, scale: float = 0.85) -> np.ndarray:
-        t = rng.standard_normal(self.std.shape[0]).astype(np.float32) * scale
-        return (self.mean + (t * self.std) @ self.basis).astype(np.float32)
 
 
 # -- scans and fits ---------------------------------------------------------------------------
@@ -189,18 +80,6 @@ class FitOutcome:
     detail: DetailMap | None = None  # the person's detail in template space; None: --no-detail
 
 
-@dataclass
-class MorphFrame:
-    """One live-morph step: the vertices to show and whether they are the new face."""
-
-    vertices: np.ndarray
-    sound: bool  # False: the morph tore; `vertices` are the last good ones
-    failed: int  # vertices the morph engine did not place
-    repaired: int  # of those, placed by local re-projection
-    reason: str = ""
-    hidden: np.ndarray | None = None  # (F,) bool: faces stretched across a topology change, not drawn
-
-
 # -- the session --------------------------------------------------------------------------------
 @dataclass
 class Session:
@@ -222,11 +101,7 @@ class Session:
             raise CheckpointError(f"{path}: no such checkpoint file")
         ckpt = load_checkpoint(path)
         ckpt.model.eval()
-        stats = ckpt.stats
-        expressions = (
-            {k: _numpy(v) for k, v in expression_codes(ckpt).items()} if ckpt.codes.expression_labels else {}
-        )
-        return cls(ckpt.model, ckpt, True, CodeSpace.of(stats["id"]), CodeSpace.of(stats["exp"]), expressions)
+        return cls._trained(ckpt)
 
     @classmethod
     def untrained(cls, config: ModelConfig | None = None, seed: int = 0) -> Session:
@@ -243,12 +118,14 @@ class Session:
     @classmethod
     def from_model(cls, model: ImFace, codes: TrainedCodes, sha256: str = "in-memory") -> Session:
         """A session on a model already in memory (tests, freshly trained networks)."""
-        ckpt = Checkpoint(model.eval(), codes, {}, None, sha256)
+        return cls._trained(Checkpoint(model.eval(), codes, {}, None, sha256))
+
+    @classmethod
+    def _trained(cls, ckpt: Checkpoint) -> Session:
+        named = expression_codes(ckpt) if ckpt.codes.expression_labels else {}
+        expressions = {name: to_numpy(z) for name, z in named.items()}
         stats = ckpt.stats
-        expressions = (
-            {k: _numpy(v) for k, v in expression_codes(ckpt).items()} if codes.expression_labels else {}
-        )
-        return cls(model, ckpt, True, CodeSpace.of(stats["id"]), CodeSpace.of(stats["exp"]), expressions)
+        return cls(ckpt.model, ckpt, True, CodeSpace.of(stats["id"]), CodeSpace.of(stats["exp"]), expressions)
 
     @property
     def path(self) -> Path | None:
@@ -425,92 +302,6 @@ def rig_summary(manifest: dict, folder) -> str:
     return (
         f"Rig written to {folder}: neutral + {n} expressions ({n} morph targets); meshes in mm, rig.glb in m"
     )
-
-
-RIM_RADIUS = 0.9 * REGION_RADIUS
-
-
-class Morpher:
-    """Live morphing of one mesh topology that never returns a torn mesh: unconverged vertices are
-    re-projected locally; when the result still tears, the last good vertices come back with
-    ``sound=False`` and the caller re-extracts."""
-
-    def __init__(self, session: Session, base: Mesh, base_codes: FaceCodes):
-        self.session = session
-        self.base = base
-        self.faces = base.faces
-        self.max_edge = edge_bound(base.vertices, base.faces)
-        self._graph = adjacency(base.faces, len(base.vertices))
-        # faces along the crop's rim (a vertex within 10 mm of the region's edge): where the face
-        # narrows or widens under an identity drag their vertices have no surface to follow, so
-        # hiding them until the re-mesh is not counted against MAX_HIDDEN_FACES
-        rim = np.linalg.norm(base.vertices, axis=1) > RIM_RADIUS
-        self._rim_faces = rim[base.faces].any(1)
-        self.last_good = base.vertices.copy()
-        with session.lock:
-            self._engine = MorphEngine(session.model, base, session.torch_codes(base_codes))
-
-    def morph(self, codes: FaceCodes, preview: bool = True) -> MorphFrame:
-        s = self.session
-        with s.lock:
-            torch_codes = s.torch_codes(codes)
-            result = self._engine.morph(torch_codes, preview=preview)
-            prep = self._engine.last_prepared
-            repair = repair_morph(
-                s.model,
-                prep,
-                result.vertices,
-                result.converged,
-                self.last_good,
-                self.faces,
-                self.max_edge,
-                graph=self._graph,
-            )
-        hidden = None
-        if not repair.sound:
-            hidden = self._hideable(repair.vertices)
-            if hidden is None:
-                reason = repair.soundness.reason
-                return MorphFrame(self.last_good, False, repair.failed, repair.repaired, reason)
-        self.last_good = repair.vertices
-        return MorphFrame(repair.vertices, True, repair.failed, repair.repaired, hidden=hidden)
-
-    def _hideable(self, vertices: np.ndarray) -> np.ndarray | None:
-        """The stretched faces when hiding them leaves a sound mesh (few of them, every vertex
-        in the region), else None."""
-        outside = np.linalg.norm(vertices, axis=1) > MORPH_RADIUS
-        hidden = stretched_faces(vertices, self.faces, self.max_edge) | outside[self.faces].any(1)
-        if (hidden & ~self._rim_faces).mean() > MAX_HIDDEN_FACES:
-            return None
-        visible = check_mesh(*visible_part(vertices, self.faces, hidden), self.max_edge, MORPH_RADIUS)
-        return hidden if visible.sound else None
-
-
-def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:
-    """Index of B's vertex that corresponds to vertex `index` of A (nearest in template space)."""
-    idx, _ = correspondence(template_a[index : index + 1], template_b)
-    return int(np.asarray(idx).reshape(-1)[0])
-
-
-PAINT_MODES = {"coords": "template", "checker": "checker", "uv": "uv-grid"}
-
-
-def paint_colors(
-    template: np.ndarray, mode: str, image: np.ndarray | None = None, albedo: Albedo | None = None
-) -> np.ndarray:
-    """Per-vertex RGB uint8 painted in template space: 'coords', 'checker', 'uv', 'image' or
-    'albedo' (a face's own colour; neutral without one)."""
-    if mode == "albedo":
-        return (albedo or Albedo.neutral_albedo()).lookup(template)
-    if mode == "image":
-        if image is None:
-            raise UserError("painting with an image needs an image")
-        rgb = paint(template, image=image)
-    elif mode in PAINT_MODES:
-        rgb = paint(template, PAINT_MODES[mode])
-    else:
-        raise UserError(f"unknown paint mode {mode!r} (use coords, checker, uv, image or albedo)")
-    return np.clip(np.round(np.asarray(rgb)[:, :3] * 255), 0, 255).astype(np.uint8)
 
 
 def scan_albedo(model: ImFace, result, scan: Scan) -> Albedo | None:

@@ -189,8 +189,8 @@ def test_faces_along_the_crop_rim_may_be_hidden_beyond_the_interior_limit(face_s
     """A drag that narrows the face leaves the crop rim's vertices with no surface to follow: their
     faces are hidden until the re-mesh whatever their number, while torn faces inside the face
     still count against MAX_HIDDEN_FACES."""
+    from imface.extract.live import RIM_RADIUS
     from imface.extract.repair import MAX_HIDDEN_FACES, MORPH_RADIUS
-    from imface.session import RIM_RADIUS
 
     codes = face_session.mean_codes()
     base = face_session.extract(codes, 48)

@@ -137,7 +137,7 @@ def _height_in_triangle(tri, xy):
         u = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
         v = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
         z = a[:, 2] + u * (b[:, 2] - a[:, 2]) + v * (c[:, 2] - a[:, 2])  # nan off degenerate ones
-    inside = (u >= -1e-9) & (v >= -1e-9) & (u + v <= 1 + 1e-9) & (np.abs(den) > 1e-18)
+        inside = (u >= -1e-9) & (v >= -1e-9) & (u + v <= 1 + 1e-9) & (np.abs(den) > 1e-18)
     return np.where(inside, z, np.nan)
 
 
