@@ -53,7 +53,11 @@ class FieldConfig:
     # colour coordinates) and learn a correction on top: the field begins where the projection
     # baseline ends instead of at grey, and the photometric loss only has the residual to learn
     projected_base: bool = True
-    shell: Shell = dataclasses.field(default_factory=Shell)
+    # colour steps and rendering: a sharp shell (about 0.03 mm soft edge, 16 samples) on the rays
+    # that hit the mesh, so edges and features are as crisp as the mesh; code refinement needs
+    # the soft shell with a silhouette band instead (gradients reach the surface's position)
+    shell: Shell = dataclasses.field(default_factory=lambda: Shell(samples=16, sharpness=3200.0, band_px=0))
+    refine_shell: Shell = dataclasses.field(default_factory=Shell)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def validate(self) -> FieldConfig:
@@ -74,6 +78,7 @@ class FieldConfig:
     def from_dict(cls, d: dict) -> FieldConfig:
         d = dict(d)
         d["shell"] = Shell(**d.get("shell", {}))
+        d["refine_shell"] = Shell(**d.get("refine_shell", {}))
         d["background"] = tuple(float(c) for c in d.get("background", (1, 1, 1)))
         d.setdefault("projected_base", False)  # folders written before the base existed
         return cls(**d).validate()

@@ -4,8 +4,9 @@
 2. Optional joint refinement of the codes (``code_steps``): photometric MSE + silhouette BCE on
    random ray batches through the whole ImFace forward (gradients reach the codes, the network
    stays frozen); rays follow the moving surface through their shells' expected depth.
-3. Cache the shells: with the codes settled, the SDF and colour coordinates of every shell sample
-   of every ray are computed once, so that
+3. Cache the shells: with the codes settled, the rays that hit the face get a sharp shell
+   (``FieldConfig.shell``; refinement used the soft ``refine_shell``) whose samples' SDF and colour
+   coordinates are computed once, so that
 4. the colour network trains on thousands of batches at the cost of the small MLP alone.
 """
 
@@ -75,7 +76,7 @@ def train_job(
     start = time.perf_counter()
     yield Progress("Centring rays on the face", 0, None, f"{len(views)} views")
     mesh = shell_mesh(session, codes)
-    table = _ray_table(views, view_centres(mesh, views.cameras, cfg.shell))
+    table = _ray_table(views, view_centres(mesh, views.cameras, cfg.refine_shell))
     if len(table["centre"]) == 0:
         raise UserError(f"{images_dir}: the face at these codes is seen in none of the images")
     if cfg.projected_base:
@@ -87,9 +88,9 @@ def train_job(
             session, codes, net, optimiser, table, cfg, opt, views.alpha is not None
         )
         mesh = shell_mesh(session, refined)
-        table = _ray_table(views, view_centres(mesh, views.cameras, cfg.shell))
         if cfg.projected_base:  # the face moved: project again, keep the correction learnt so far
             net.set_base(*_projected_base(session, refined, mesh, views, cfg.space), zero_correction=False)
+    table = _ray_table(views, view_centres(mesh, views.cameras, cfg.shell))
     geometry_seconds = time.perf_counter() - start
     sdf, coords = yield from _cache_shells(session, refined, table, cfg)
     colour_start = time.perf_counter()
@@ -175,7 +176,7 @@ def _refine_codes(session, codes, net, optimiser, table, cfg, opt, has_alpha):
             prep = session.model.prepare(torch_codes)
             rgb, opacity, depth = render_rays(
                 face_surface(session.model, prep, cfg.space), net, table["origin"][batch],
-                table["direction"][batch], table["centre"][batch], cfg.shell, background,
+                table["direction"][batch], table["centre"][batch], cfg.refine_shell, background,
                 jitter=True, with_depth=True,
             )  # fmt: skip
         loss = _loss(rgb, opacity, table, batch, opt.silhouette, has_alpha)
