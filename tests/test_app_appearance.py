@@ -21,7 +21,7 @@ from tests.test_app_window import settle, window  # noqa: F401 - the window fixt
 def coloured_scan(tmp_path_factory, face_session):
     """The tiny model's mean face in mm, left half red and right half blue (by template x), with
     its 5 landmarks (mm)."""
-    from imface.scan.align import template
+    from imface.scan.template import template
 
     s = face_session
     codes = s.mean_codes()

@@ -88,7 +88,7 @@ def face_scan(tmp_path_factory, face_session):
     """The tiny model's own mean face as a scan in millimetres, and its 5 landmarks (mm)."""
     import trimesh
 
-    from imface.scan.align import template
+    from imface.scan.template import template
 
     mesh = face_session.extract(face_session.mean_codes(), 64)
     path = tmp_path_factory.mktemp("scan") / "face.obj"

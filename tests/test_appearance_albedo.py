@@ -147,7 +147,7 @@ def coloured_scan(tmp_path_factory, face_session):
 def landmarks_mm() -> np.ndarray:
     """The 5 landmarks of the model's face (the tiny model's face is too plain for the automatic
     alignment; the app tests do the same)."""
-    from imface.scan.align import template
+    from imface.scan.template import template
 
     return template().landmarks5 * 100.0
 

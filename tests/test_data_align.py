@@ -9,8 +9,9 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from imface.errors import MeshError
-from imface.scan.align import Alignment, align_from_landmarks, align_scan, template
+from imface.scan.align import Alignment, align_from_landmarks, align_scan
 from imface.scan.load import load_scan
+from imface.scan.template import template
 from tests.data_fixtures import load_synth, model_frame, synth_corpus  # noqa: F401
 
 UNIT_PER_MM = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
@@ -182,8 +183,8 @@ def test_given_unit_is_kept_on_a_cut_noisy_face(synth_corpus):  # noqa: F811
 
 def test_landmarks_start_the_alignment(synth_corpus, tmp_path):  # noqa: F811
     """5 or 7 landmarks in the scan frame (a file, JSON or text) replace the search."""
-    from imface.scan.align import LANDMARKS7_IBUG68
     from imface.scan.load import load_landmarks
+    from imface.scan.template import LANDMARKS7_IBUG68
 
     v, f, meta = load_synth(synth_corpus, "002/2_smile")
     posed, truth, unit, k, r, shift = _posed(v, meta, np.random.default_rng(8), 170)

@@ -30,7 +30,7 @@ def test_layout_and_metadata(synth_corpus):  # noqa: F811
 
 
 def test_landmarks_match_template_and_are_symmetric(synth_corpus):  # noqa: F811
-    from imface.scan.align import template
+    from imface.scan.template import template
 
     idx = anny_head.load_landmarks().indices
     assert len(idx) == 68 and len(set(idx.tolist())) == 68

@@ -34,7 +34,8 @@ from imface.corpus import anny_head
 from imface.corpus.detail import displacement_mm
 from imface.errors import UserError
 from imface.jobs import Job, Progress, drive_with_tqdm
-from imface.scan.align import UPPER_Y, nose_apex
+from imface.scan.align import nose_apex
+from imface.scan.template import UPPER_Y
 from imface.units import MM_PER_UNIT, NOSE_MODEL
 
 SCAN_RADIUS = 1.1  # model units kept in the written scan (a frontal scanner's field)
@@ -61,7 +62,9 @@ def refine_frame(v_mm, faces, r0, nose_mm):
     upper face to the template (point-to-plane ICP started from the correspondence fit r0)."""
     from scipy.spatial import cKDTree
 
-    from imface.scan.align import _icp, scan_points, template
+    from imface.scan.align import scan_points
+    from imface.scan.icp import trimmed_icp
+    from imface.scan.template import template
 
     tmpl = template()
     m = to_model_transform(nose_mm, r0)
@@ -69,7 +72,7 @@ def refine_frame(v_mm, faces, r0, nose_mm):
     nose = nose_apex(pts @ m[:3, :3].T + m[:3, 3])
     if nose is not None:
         m[:3, 3] += NOSE_MODEL - nose
-    m = _icp(cKDTree(pts), pts, tmpl, tmpl.upper, m, 15, 0.1, False, plane=True, upper=True)[0]
+    m = trimmed_icp(cKDTree(pts), pts, tmpl, tmpl.upper, m, 15, 0.1, False, plane=True, upper=True)[0]
     return m[:3, :3] * MM_PER_UNIT
 
 
@@ -128,7 +131,7 @@ class Generator:
         phenotype; without this the 'true' pose of a synthetic scan would be arbitrary."""
         key = identity.detail_seed
         if key not in self._frames:
-            from imface.scan.align import similarity
+            from imface.scan.icp import similarity
 
             v = anny_head.anny_vertices(self.model, identity, {}) * 1000.0
             _, r, _ = similarity(v[self.frame_mask], self.base[self.frame_mask], scale=1.0)

@@ -259,7 +259,7 @@ def fit_scan(
 
     alignment: a known scan -> model transform instead of the automatic one. unit: the scan's
     unit ('m', 'cm', 'mm'; else guessed). landmarks: 5 or 7 points in the scan frame that start
-    the alignment (`imface.scan.align.template_landmarks`). preview_every > 0 adds a coarse
+    the alignment (`imface.scan.template.template_landmarks`). preview_every > 0 adds a coarse
     "mesh" (vertices in the scan frame, faces) to every n-th progress report. A fit that ends
     far from the scan is restarted; if it stays far, `on_poor_fit="raise"` raises FitFailed and
     "flag" returns it with report["ok"] False and report["warning"].

@@ -6,7 +6,7 @@ model frame can be taken back to the scan's own frame and unit (``Alignment.to_s
 
 Automatic alignment (no landmarks): 300 rotations covering SO(3), each with one of the scan's
 two most forward bumps on the template nose tip, run a short trimmed point-to-plane ICP
-(batched) against the template face (resources/template_face.npz, the average Anny face); the
+(batched, ``imface.scan.icp``) against the template face (``imface.scan.template``); the
 best 8 run a longer one; the winner is refined on the whole face, then on the upper face (above
 the upper lip), which expressions hardly move, and the nose tip is snapped to (0, 0, 0.4).
 
@@ -21,22 +21,26 @@ template has one), calibrated on real and synthetic faces and a non-face corpus.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
-from scipy.spatial.transform import Rotation
 
 from imface.errors import MeshError
+from imface.scan.icp import (
+    apply_matrix,
+    batched_icp,
+    robust_polish,
+    similarity,
+    similarity_matrix,
+    start_placements,
+    trimmed_icp,
+)
 from imface.scan.load import guess_unit
-from imface.units import MM_PER_UNIT, UNITS
+from imface.scan.template import template, template_landmarks
+from imface.units import MM_PER_UNIT, NOSE_MODEL, UNITS
 
-TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "resources" / "template_face.npz"
-NOSE = np.array([0.0, 0.0, 0.4])
+NOSE = NOSE_MODEL
 MODEL_UNIT_M = 0.1  # one model unit in metres
-# Above this model-frame height (15 mm below the nose tip) the face is nearly rigid under
-# expressions: the final fit (and the synthetic corpus's frontal frame) uses only that part.
-UPPER_Y = -0.15
 
 
 @dataclass
@@ -63,10 +67,10 @@ class Alignment:
         )
 
     def to_model(self, points) -> np.ndarray:
-        return _apply(self.transform, points)
+        return apply_matrix(self.transform, points)
 
     def to_scan(self, points) -> np.ndarray:
-        return _apply(np.linalg.inv(self.transform), points)
+        return apply_matrix(np.linalg.inv(self.transform), points)
 
     def to_dict(self) -> dict:
         return {
@@ -90,80 +94,6 @@ class Alignment:
         )
 
 
-def _apply(m, points):
-    p = np.asarray(points, dtype=np.float64)
-    return p @ m[:3, :3].T + m[:3, 3]
-
-
-def _matrix(s, r, t):
-    m = np.eye(4)
-    m[:3, :3] = s * r
-    m[:3, 3] = t
-    return m
-
-
-def similarity(src, dst, weights=None, scale=None):
-    """Least-squares s, R, t with dst ~ s R src + t (Umeyama); `scale` fixes s when given."""
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
-    w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
-    a, b = src - mu_s, dst - mu_d
-    cov = (b * w[:, None]).T @ a
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    fix = np.diag([1.0, 1.0, d])
-    r = u @ fix @ vt
-    if scale is None:
-        var = (w * (a**2).sum(1)).sum()
-        scale = float((sig * np.diag(fix)).sum() / max(var, 1e-30))
-    return scale, r, mu_d - scale * r @ mu_s
-
-
-class Template:
-    """Points and normals of the average face (model frame) and its 68 landmarks."""
-
-    def __init__(self, path: Path = TEMPLATE_FILE):
-        if not Path(path).exists():
-            raise MeshError(
-                f"{path}: the alignment template is missing (run "
-                "python -m imface.scan.align --build-template)"
-            )
-        data = np.load(path)
-        self.points = data["points"].astype(np.float64)
-        self.normals = data["normals"].astype(np.float64)
-        self.landmarks68 = data["landmarks68"].astype(np.float64)
-        self.tree = cKDTree(self.points)
-        self.centre = self.points.mean(0)
-        self.radius = float(np.quantile(np.linalg.norm(self.points - self.centre, axis=1), 0.9))
-        rng = np.random.default_rng(0)
-        self.coarse = rng.permutation(len(self.points))[:400]
-        self.fine = rng.permutation(len(self.points))[:3000]
-        self.upper = self.fine[self.points[self.fine, 1] > UPPER_Y]
-        self.nose = np.flatnonzero(np.linalg.norm(self.points - NOSE, axis=1) < 0.25)
-
-    def region(self, p, upper=False):
-        """Points where the template has surface: near its centre and in front of its back
-        (`upper`: only above the upper lip, the part expressions hardly move)."""
-        inside = (np.linalg.norm(p - self.centre, axis=1) < self.radius) & (p[:, 2] > -0.2)
-        return inside & (p[:, 1] > UPPER_Y) if upper else inside
-
-    @property
-    def landmarks5(self):
-        from imface.config import BLEND_LANDMARK_IBUG68
-
-        return self.landmarks68[list(BLEND_LANDMARK_IBUG68)]
-
-
-_TEMPLATE: Template | None = None
-
-
-def template() -> Template:
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        _TEMPLATE = Template()
-    return _TEMPLATE
-
-
 def scan_points(vertices, faces, n=20_000, rng=None):
     """Evenly spread points of the scan: area-weighted surface samples keyed by triangle (the
     same points, moved, for the scan in any pose or unit), or a vertex subset."""
@@ -176,167 +106,6 @@ def scan_points(vertices, faces, n=20_000, rng=None):
     if len(v) > n:
         v = v[rng.choice(len(v), n, replace=False)]
     return v
-
-
-def _icp(tree, scan_pts, tmpl, idx, m, iters, trim, scale_free, plane=False, upper=False, tol=0.0):
-    """Trimmed ICP between the template face and the scan; returns the refined scan->model
-    matrix, the trimmed RMS (model units), the fraction of template points matched within 5 mm,
-    and the template-point distances.
-
-    Matches go both ways: template -> scan (every template point has skin under it) and scan ->
-    template for the scan points that fall inside the template's region (so the face cannot
-    slide along itself); extra scan parts (back of the head, shoulders) stay outside the region
-    and cost nothing. The worst `trim` fraction of each side is ignored (missing parts, an open
-    mouth).
-    """
-    tp, tn = tmpl.points[idx], tmpl.normals[idx]
-    sp = scan_pts[: 4 * len(idx)]
-    for it in range(iters + 1):
-        inv = np.linalg.inv(m)
-        q = tp @ inv[:3, :3].T + inv[:3, 3]
-        _, nn = tree.query(q, workers=1)
-        src = scan_pts[nn] @ m[:3, :3].T + m[:3, 3]  # matched scan points, model frame
-        d = np.linalg.norm(src - tp, axis=1)
-        keep = d <= _quantile(d, 1 - trim)
-        if it == iters:
-            break
-        a, b, n = src[keep], tp[keep], tn[keep]
-        spm = sp @ m[:3, :3].T + m[:3, 3]
-        inside = tmpl.region(spm, upper)
-        if inside.sum() > 20:
-            d2, nn2 = tmpl.tree.query(spm[inside], workers=1)
-            k2 = d2 <= _quantile(d2, 1 - trim)
-            a = np.vstack([a, spm[inside][k2]])
-            b = np.vstack([b, tmpl.points[nn2[k2]]])
-            n = np.vstack([n, tmpl.normals[nn2[k2]]])
-        if plane:
-            step = _point_to_plane(a, b, n, scale_free)
-            m = step @ m
-            if np.abs(step - np.eye(4)).max() < tol:  # converged: one last evaluation
-                iters = it + 1
-        else:
-            s, r, t = similarity(a, b, scale=None if scale_free else 1.0)
-            m = _matrix(s, r, t) @ m
-    rms = float(np.sqrt(np.mean(d[keep] ** 2)))
-    return m, rms, float(np.mean(d < 0.05)), d
-
-
-def _polish(tree, scan_pts, tmpl, m, iterations=60, sigma=0.02, tol=1e-12):
-    """Converge to one fixed point so that the answer does not depend on where the search
-    started (the same scan in another pose or unit ends at the same placement, to float
-    precision, and gives bit-identical fitting samples). A trimmed ICP never gets there: points
-    entering and leaving its trimmed set make it cycle ~10 um around the optimum. Here every
-    template point of the upper face counts with a smooth robust (Geman-McClure, `sigma`)
-    weight of its point-to-plane residual; rigid steps."""
-    tp, tn = tmpl.points[tmpl.upper], tmpl.normals[tmpl.upper]
-    for _ in range(iterations):
-        inv = np.linalg.inv(m)
-        _, nn = tree.query(tp @ inv[:3, :3].T + inv[:3, 3], workers=1)
-        src = scan_pts[nn] @ m[:3, :3].T + m[:3, 3]  # matched scan points, model frame
-        residual = ((src - tp) * tn).sum(1)
-        weights = 1.0 / (1.0 + (residual / sigma) ** 2) ** 2
-        step = _point_to_plane(src, tp, tn, False, weights)
-        m = step @ m
-        if np.abs(step - np.eye(4)).max() < tol:
-            break
-    return m
-
-
-def _quantile(d, q):
-    k = int(q * (len(d) - 1))
-    return np.partition(d, k)[k]
-
-
-def _point_to_plane(src, dst, normals, scale_free, weights=None):
-    """One linearised point-to-plane step: small rotation w, translation, optional scale."""
-    cols = [np.cross(src, normals), normals]
-    if scale_free:
-        cols.append((normals * src).sum(1, keepdims=True))
-    a = np.hstack(cols)
-    b = ((dst - src) * normals).sum(1)
-    wa = a if weights is None else a * weights[:, None]
-    x = np.linalg.lstsq(wa.T @ a + 1e-9 * np.eye(a.shape[1]), wa.T @ b, rcond=None)[0]
-    r = Rotation.from_rotvec(x[:3]).as_matrix()
-    s = 1.0 + (x[6] if scale_free else 0.0)
-    return _matrix(s, r, x[3:6])
-
-
-_ROTATIONS = None
-
-
-def _rotations():
-    """300 rotations spread over SO(3) (the icosahedral group plus seeded random ones): every
-    pose is within ~30 degrees of one, mostly inside ICP's basin of convergence on a face."""
-    global _ROTATIONS
-    if _ROTATIONS is None:
-        _ROTATIONS = np.concatenate(
-            [
-                Rotation.create_group("I").as_matrix(),
-                Rotation.random(240, random_state=7).as_matrix(),
-            ]
-        )
-    return _ROTATIONS
-
-
-def _starts(pts, scale, tips=2):
-    """Initial scan->model matrices: each rotation with one of the scan's most forward bumps
-    (3 cm apart; the nose tip should be one) on the template nose tip."""
-    centroid = pts.mean(0)
-    c = pts[:: max(1, len(pts) // 3000)] - centroid
-    rots = _rotations()
-    z = c @ rots[:, 2, :].T  # (P, K) forward coordinate under each rotation
-    order = np.argsort(-z, axis=0)[:300]
-    out = []
-    for k, r in enumerate(rots):
-        chosen = []
-        for i in order[:, k]:
-            if all(np.linalg.norm(c[i] - c[j]) * scale > 0.3 for j in chosen):
-                chosen.append(i)
-                if len(chosen) == tips:
-                    break
-        out += [_matrix(scale, r, NOSE - scale * r @ (c[i] + centroid)) for i in chosen]
-    return np.stack(out)
-
-
-def _coarse_icp(tree, pts, tmpl, mats, iters=5, trim=0.3, n_probe=60, n_scan=120):
-    """Point-to-plane ICP run on every start at once (batched numpy); returns refined matrices
-    and a score per start (trimmed RMS minus a bonus for matched template points)."""
-    k = len(mats)
-    tp, tn = tmpl.points[tmpl.coarse[:n_probe]], tmpl.normals[tmpl.coarse[:n_probe]]
-    sp = pts[:n_scan]
-    eye = 1e-9 * np.eye(6)
-    for it in range(iters + 1):
-        inv = np.linalg.inv(mats)
-        q = np.einsum("kij,pj->kpi", inv[:, :3, :3], tp) + inv[:, None, :3, 3]
-        _, nn = tree.query(q.reshape(-1, 3), workers=1)
-        src = np.einsum("kij,kpj->kpi", mats[:, :3, :3], pts[nn].reshape(k, -1, 3))
-        src += mats[:, None, :3, 3]
-        d = np.linalg.norm(src - tp, axis=2)
-        kth = int((1 - trim) * (n_probe - 1))
-        thr = np.partition(d, kth, axis=1)[:, kth]
-        w1 = d <= thr[:, None]
-        if it == iters:
-            break
-        spm = np.einsum("kij,pj->kpi", mats[:, :3, :3], sp) + mats[:, None, :3, 3]
-        inside = tmpl.region(spm.reshape(-1, 3)).reshape(k, -1)
-        d2, nn2 = tmpl.tree.query(spm.reshape(-1, 3), workers=1)
-        d2, nn2 = d2.reshape(k, -1), nn2.reshape(k, -1)
-        w2 = inside & (d2 <= thr[:, None])
-        a = np.concatenate([src, spm], 1)
-        b = np.concatenate([np.broadcast_to(tp, src.shape), tmpl.points[nn2]], 1)
-        n = np.concatenate([np.broadcast_to(tn, src.shape), tmpl.normals[nn2]], 1)
-        w = np.concatenate([w1, w2], 1).astype(float)
-        jac = np.concatenate([np.cross(a, n), n], 2)
-        res = ((b - a) * n).sum(2)
-        h = np.einsum("kni,knj,kn->kij", jac, jac, w) + eye
-        g = np.einsum("kni,kn,kn->ki", jac, res, w)
-        x = np.linalg.solve(h, g[..., None])[..., 0]
-        delta = np.tile(np.eye(4), (k, 1, 1))
-        delta[:, :3, :3] = Rotation.from_rotvec(x[:, :3]).as_matrix()
-        delta[:, :3, 3] = x[:, 3:]
-        mats = delta @ mats
-    rms = np.sqrt((d**2 * w1).sum(1) / w1.sum(1))
-    return mats, rms - 0.02 * (d < 0.05).mean(1)
 
 
 @dataclass
@@ -391,7 +160,7 @@ def face_evidence(tree_scan, m, rms, inliers, free_scale=False) -> FaceEvidence:
     """The evidence for the placement `m` (scan -> model) of the scan points in `tree_scan`."""
     tmpl = template()
     inv = np.linalg.inv(m)
-    d, _ = tree_scan.query(_apply(inv, tmpl.points[tmpl.nose]), workers=1)
+    d, _ = tree_scan.query(apply_matrix(inv, tmpl.points[tmpl.nose]), workers=1)
     d_model = d * np.cbrt(np.linalg.det(m[:3, :3]))
     return FaceEvidence(rms * 100.0, inliers, float(np.mean(d_model < 0.04)), free_scale)
 
@@ -408,17 +177,17 @@ def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
     """Search (or refine from `start`) the pose at a scale; `free` lets the scale adjust."""
     tmpl = template()
     if start is None:
-        mats, score = _coarse_icp(tree, pts, tmpl, _starts(pts, scale))
+        mats, score = batched_icp(tree, pts, tmpl, start_placements(pts, scale))
         best = None
         for k in np.argsort(score)[:8]:
-            m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.coarse, mats[k], 12, 0.3, free, plane=True)
+            m, rms, inl, _ = trimmed_icp(tree, pts, tmpl, tmpl.coarse, mats[k], 12, 0.3, free, plane=True)
             if best is None or rms - 0.02 * inl < best[0]:
                 best = (rms - 0.02 * inl, m)
         start = best[1]
     # the scale (when free) comes from the whole face: the upper face alone lets it drift
-    m, _, _, _ = _icp(tree, pts, tmpl, tmpl.fine, start, 12 if free else 8, 0.2, free, plane=True)
-    m, rms, inl, _ = _icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
-    m = _polish(tree, pts, tmpl, _polish(tree, pts, tmpl, m, sigma=0.05))
+    m, _, _, _ = trimmed_icp(tree, pts, tmpl, tmpl.fine, start, 12 if free else 8, 0.2, free, plane=True)
+    m, rms, inl, _ = trimmed_icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
+    m = robust_polish(tree, pts, tmpl, robust_polish(tree, pts, tmpl, m, sigma=0.05))
     s = float(np.cbrt(np.linalg.det(m[:3, :3])))
     m = _snap_nose(m, pts)
     return _Placement(m, s if free else scale, unit, face_evidence(tree, m, rms, inl, free))
@@ -567,23 +336,6 @@ def _snap_nose(m, pts):
     return out
 
 
-# iBUG-68 indices of the 7-point set: eye corners (right outer, right inner, left inner, left
-# outer), nose tip, mouth corners (right, left). The 5-point set is BLEND_LANDMARK_IBUG68.
-LANDMARKS7_IBUG68 = (36, 39, 42, 45, 30, 48, 54)
-
-
-def template_landmarks(count: int) -> np.ndarray:
-    """Model-frame positions of the 5- or 7-point landmark set."""
-    if count == 5:
-        return template().landmarks5
-    if count == 7:
-        return template().landmarks68[list(LANDMARKS7_IBUG68)]
-    raise MeshError(
-        f"need 5 landmarks (outer eye corners, nose tip, mouth corners) or 7 (eye corners "
-        f"outer/inner right then inner/outer left, nose tip, mouth corners), got {count}"
-    )
-
-
 def align_from_landmarks(scan_points5, model_points5=None, scale: float | None = None) -> Alignment:
     """Manual fallback: a similarity from picked points (the 5 or 7 landmarks of
     `template_landmarks`) to their model-frame positions (template's by default)."""
@@ -596,8 +348,8 @@ def align_from_landmarks(scan_points5, model_points5=None, scale: float | None =
     if np.linalg.matrix_rank(src - src.mean(0), tol=1e-9 * np.abs(src).max()) < 2:
         raise MeshError("the picked points are collinear or coincide; pick 5 distinct points")
     s, r, t = similarity(src, dst, scale=scale)
-    m = _matrix(s, r, t)
-    res = np.linalg.norm(_apply(m, src) - dst, axis=1)
+    m = similarity_matrix(s, r, t)
+    res = np.linalg.norm(apply_matrix(m, src) - dst, axis=1)
     return Alignment(m, s, float(np.sqrt(np.mean(res**2)) * 100.0))
 
 
@@ -607,40 +359,5 @@ def align_landmarks68(scan_lm68, metres_per_unit: float) -> Alignment:
     scale = metres_per_unit / MODEL_UNIT_M
     a = align_from_landmarks(scan_lm68, template().landmarks68, scale=scale)
     m = a.transform.copy()
-    m[:3, 3] += NOSE - _apply(m, np.asarray(scan_lm68)[30])
+    m[:3, 3] += NOSE - apply_matrix(m, np.asarray(scan_lm68)[30])
     return Alignment(m, scale, a.residual_mm)
-
-
-def build_template(out: Path = TEMPLATE_FILE, n: int = 6000) -> None:
-    """The average neutral Anny face, visible part inside the unit sphere, as points+normals."""
-    from imface.corpus import anny_head
-    from imface.corpus.synth import Generator
-    from imface.samples.preprocess import _sample_triangles, visible_surface
-
-    gen = Generator(subdivisions=2)
-    mean = anny_head.Identity({k: 0.5 for k in gen.model.phenotype_labels}, {}, 0, 0.0)
-    scan = gen.scan(mean, {})
-    v = _apply(scan.to_model, scan.vertices)
-    lm = _apply(scan.to_model, scan.landmarks68)
-    v, f = visible_surface(v, scan.faces)
-    pts, fidx = _sample_triangles(v, f, n, np.random.default_rng(0))
-    tri = v[f[fidx]]
-    nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-    nrm[nrm[:, 2] < 0] *= -1
-    # The front of the face: the sides and ears inside the sphere vary most between scans.
-    keep = (nrm[:, 2] > 0.2) & (np.linalg.norm(pts - NOSE, axis=1) < 0.95)
-    np.savez_compressed(
-        out,
-        points=pts[keep].astype(np.float32),
-        normals=nrm[keep].astype(np.float32),
-        landmarks68=lm.astype(np.float32),
-    )
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--build-template" in sys.argv:
-        build_template()
-        print(f"wrote {TEMPLATE_FILE}")
