@@ -98,6 +98,7 @@ def evaluate_field(session, work, space, steps, args, codes, expression, train, 
         "geometry_seconds": info["geometry_seconds"],
         "colour_seconds_per_step": info["colour_seconds_per_step"],
         "steps": info["steps"],
+        "projected_base": field.config.projected_base,
         "code_steps": info.get("code_steps"),
         "seconds_per_image": round(per_image, 2),
     }
@@ -140,11 +141,11 @@ def main() -> None:
     result = {
         "benchmark": "appearance",
         "machine": f"{platform.machine()} {os.cpu_count()} threads, CPU only",
-        "load": "shared with a model-training job and another engineer's runs (load average ~4-6 on 2 "
-        "cores, this run niced): every time is an upper bound",
+        "load_average_at_start": round(os.getloadavg()[0], 2),
         "data": f"synthetic: {args.views} train views, {len(test)} held-out views, {len(expr)} views of the "
         f"held-out expression {expression['expression']}, {args.size}x{args.size}, seed {args.seed}",
-        "codes": "the person's true codes given (--codes), refined jointly",
+        "codes": "the person's true codes given (--codes), "
+        + (f"refined jointly ({args.code_steps} steps)" if args.code_steps else "kept (baseline's geometry)"),
         "white_background": "PSNR and SSIM over the whole image (white background included); psnr_face "
         "over the true silhouette",
         "synth_seconds": synth_seconds,  # None: the set was made before (see "note")
@@ -186,6 +187,7 @@ def main() -> None:
     emit(record)
     result["methods"]["projection_baseline"] = record
     figure["projection_baseline"] = [test_images[1], expr_images[1]]
+    result["load_average_at_end"] = round(os.getloadavg()[0], 2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     if args.figure:

@@ -19,6 +19,7 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
 def add_arguments(parser) -> None:
+    from imface.appearance.training import TrainOptions
     from imface.io import DEFAULT_CHECKPOINT
 
     sub = parser.add_subparsers(dest="appearance_command", metavar="ACTION", required=True)
@@ -34,9 +35,14 @@ def add_arguments(parser) -> None:
     train.add_argument("--out", required=True, help="output folder of the appearance")
     train.add_argument("--codes", help="codes JSON of the person (fit --codes, synth's codes.json)")
     train.add_argument("--scan", help="a scan of the person, fitted first (cameras in the scan's frame)")
-    train.add_argument("--steps", type=int, default=1500, help="colour steps")
-    train.add_argument("--code-steps", type=int, default=100, help="joint code-refinement steps (0: off)")
-    train.add_argument("--rays", type=int, default=2048, help="rays per step")
+    train.add_argument("--steps", type=int, default=TrainOptions.steps, help="colour steps")
+    train.add_argument(
+        "--code-steps",
+        type=int,
+        default=TrainOptions.code_steps,
+        help="joint code-refinement steps (0: keep the codes, best when they are right)",
+    )
+    train.add_argument("--rays", type=int, default=TrainOptions.rays, help="rays per step")
     train.add_argument("--time-limit", type=float, help="seconds for the colour stage")
     train.add_argument(
         "--space",

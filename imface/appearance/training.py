@@ -40,9 +40,9 @@ from imface.paths import check_output_folder
 
 @dataclass
 class TrainOptions:
-    steps: int = 2000  # colour steps on the cached shells
+    steps: int = 300  # colour steps on the cached shells (from the projected base: minutes)
     code_steps: int = 100  # joint steps refining the codes first (0: keep the codes)
-    rays: int = 4096  # rays per step
+    rays: int = 2048  # rays per step
     lr: float = 5e-3  # colour network, decays tenfold over the run
     code_lr: float = 2e-5  # Adam step on the codes (the shipped codes spread ~0.013 per dim)
     silhouette: float = 0.05  # weight of the silhouette BCE (images with alpha only)
