@@ -41,7 +41,9 @@ class SetCommand(QUndoCommand):
         return True
 
     def redo(self):
-        self.doc._apply(self.attr, self.new, interactive=self.merge_key is not None)
+        # live (a morph, refined on release) only while its own drag goes on; a redo later is final
+        live = self.merge_key is not None and self.merge_key == self.doc._drag_key
+        self.doc._apply(self.attr, self.new, interactive=live)
 
     def undo(self):
         self.doc._apply(self.attr, self.old, interactive=False)

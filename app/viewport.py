@@ -122,7 +122,7 @@ class Viewport(QObject):
             kwargs.update(smooth_shading=False, interpolation="gouraud", specular=0.2)
         if scalars is None and name in self.actors:
             try:
-                self.plotter.remove_scalar_bar(title=scalar_title or "distance (mm)")
+                self.plotter.remove_scalar_bar(title=scalar_title or "distance (mm)", render=False)
             except (KeyError, AttributeError, ValueError, StopIteration):
                 pass
         self.actors[name] = self.plotter.add_mesh(poly, **kwargs)
@@ -217,10 +217,13 @@ class Viewport(QObject):
     def reset_camera(self):
         if self.plotter is None:
             return
-        self.plotter.view_xy()
-        self.plotter.reset_camera()
+        # pyvista renders synchronously on each of these by default (two frames on the GUI thread);
+        # one scheduled frame shows the new view
+        self.plotter.view_xy(render=False)
+        self.plotter.reset_camera(render=False)
         self.plotter.camera.zoom(1.0 if "other" in self.data else 1.2)
         self._camera_set = True
+        self.render()
 
     def render(self):
         self.renders += 1

@@ -274,12 +274,25 @@ class MeshPipeline(QObject):
 
 
 def wait_for(condition, timeout: float, step_ms: int = 10) -> bool:
-    """Run the event loop until `condition()` holds (scripts and benchmarks)."""
-    from PyQt6.QtTest import QTest
+    """Run the event loop until `condition()` holds or `timeout` s pass (scripts and benchmarks).
 
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not condition():
-        QTest.qWait(step_ms)
+    A real QEventLoop, as under QApplication.exec(): QTest.qWait sleeps up to 10 ms between
+    its passes over the events, which a latency benchmark would count as GUI stalls."""
+    from PyQt6.QtCore import QEventLoop, QTimer
+
+    if condition():
+        return True
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.timeout.connect(lambda: loop.quit() if condition() else None)
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    poll.start(step_ms)
+    deadline.start(max(0, int(timeout * 1000)))
+    loop.exec()
+    poll.stop()
+    deadline.stop()
     return bool(condition())
 
 

@@ -40,7 +40,7 @@ class GuiWork:
     CPU time of the GUI thread (time.thread_time), which CPU starvation by other processes does
     not inflate, next to wall time."""
 
-    CALLS = ("render", "draw", "update_points", "replace_geometry", "set_mesh")
+    CALLS = ("render", "draw", "update_points", "replace_geometry", "set_mesh", "set_markers", "reset_camera")
 
     def __init__(self, viewport):
         self.calls: list[tuple[str, float, float]] = []

@@ -56,6 +56,8 @@ def test_drag_emits_interactive_then_finished(doc, qtbot):
     assert seen == [True]
     doc.undo_stack.undo()
     assert seen == [True, False]
+    doc.undo_stack.redo()  # Ctrl+Y after the drag: the final face (a fine mesh), not a live morph
+    assert seen == [True, False, False]
 
 
 def test_pca_sliders_round_trip(doc):
