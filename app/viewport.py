@@ -57,6 +57,9 @@ class Viewport(QObject):
         self._had_hidden: dict[str, bool] = {}  # the actor's cells still hide some faces
         self.renders = 0
         self._camera_set = False
+        self._warmed = False  # the shader programs of later views are compiled
+        self._warm_actors: list = []
+        self._warm_observer = None
         self._renderer_checked = False
         self._pick_mode = None
         self.visible: dict[str, bool] = {}
@@ -223,7 +226,43 @@ class Viewport(QObject):
         self.plotter.reset_camera(render=False)
         self.plotter.camera.zoom(1.0 if "other" in self.data else 1.2)
         self._camera_set = True
+        self._warm_up_shaders()
         self.render()
+
+    def _warm_up_shaders(self):
+        """Compile, in the first frame, the shader programs of views shown later: a colour-mapped
+        mesh (the fit's distance heat map) and a translucent one (the fitted face over the scan).
+        Compiling one on software OpenGL took ~90 ms of the GUI thread in the frame that first
+        showed it, mid-fit; here it adds ~15 ms to the first frame. The stand-ins are zero-area
+        triangles (nothing is drawn) removed once that frame is on screen."""
+        import pyvista as pv
+
+        if self.plotter is None or self._warmed:
+            return
+        self._warmed = True
+        centre = np.asarray(self.plotter.renderer.ComputeVisiblePropBounds()).reshape(3, 2).mean(1)
+        points = (centre + np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]])).astype(np.float32)
+        stand_in = pv.PolyData(points, np.array([3, 0, 1, 2]))
+        stand_in.point_data["Normals"] = np.tile(np.float32([0, 0, 1]), (3, 1))
+        stand_in.point_data["distance"] = np.float32([0, 0.5, 1])
+        shading = dict(
+            smooth_shading=False, interpolation="gouraud", specular=0.2, pickable=False, render=False
+        )
+        add = self.plotter.add_mesh
+        self._warm_actors = [
+            add(stand_in.copy(), scalars="distance", cmap="turbo", show_scalar_bar=False, **shading),
+            add(stand_in.copy(), color=FACE_COLOR, opacity=0.5, **shading),
+        ]
+        window = self.plotter.ren_win
+        self._warm_observer = window.AddObserver("EndEvent", self._warm_up_done)
+
+    def _warm_up_done(self, *_):
+        window = self.plotter.ren_win if self.plotter is not None else None
+        if window is not None:
+            window.RemoveObserver(self._warm_observer)
+            for actor in self._warm_actors:
+                self.plotter.remove_actor(actor, render=False)
+        self._warm_actors = []
 
     def render(self):
         self.renders += 1
