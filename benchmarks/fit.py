@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit.codes import fit_scan
+from imface.fit.scan import fit_scan
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 
 UNITS = {"m": 0.001, "cm": 0.1, "mm": 1.0}  # factor from mm
@@ -66,7 +66,8 @@ def main() -> None:
             losses = []
             cfg = FitConfig(iterations=args.iterations)
             try:
-                result = fit_scan(ckpt, path, cfg, progress=lambda info, out=losses: out.append(info["loss"]))
+                record_loss = lambda r, out=losses: out.extend(r.values.values())  # noqa: E731
+                result = fit_scan(ckpt, path, cfg, progress=record_loss)
             except UserError as exc:  # e.g. the automatic alignment refused the scan: count it
                 rows.append({"scan": key, "unit": unit, "failed": str(exc)})
                 continue

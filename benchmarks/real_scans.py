@@ -34,9 +34,9 @@ from scipy.spatial.transform import Rotation  # noqa: E402
 from imface.config import FitConfig  # noqa: E402
 from imface.errors import UserError  # noqa: E402
 from imface.evaluate import pca_baseline  # noqa: E402
-from imface.fit.codes import fit_scan, surface_scores  # noqa: E402
 from imface.fit.refine import refine_to_scan  # noqa: E402
 from imface.fit.samples import scan_samples  # noqa: E402
+from imface.fit.scan import fit_scan, surface_scores  # noqa: E402
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
 from imface.samples.cache import Corpus  # noqa: E402
 from imface.scan.load import MESH_SUFFIXES, Scan, load_scan  # noqa: E402

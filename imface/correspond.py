@@ -127,7 +127,7 @@ def _face(path: str, checkpoint, resolution: int):
     if Path(path).suffix.lower() == ".json":
         codes = load_codes_json(path, checkpoint)
     else:
-        from imface.fit.codes import fit_scan
+        from imface.fit.scan import fit_scan
 
         codes = fit_scan(checkpoint, path, resolution=resolution).codes
     mesh = face_mesh(checkpoint.model, codes, resolution)

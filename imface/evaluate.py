@@ -19,8 +19,9 @@ import torch
 from imface.baseline import PCAModel, corpus_region
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit.codes import fit_codes, prior_std, starting_codes
+from imface.fit.codes import fit_codes
 from imface.fit.refine import refine_to_scan
+from imface.fit.scan import prior_std, starting_codes
 from imface.jobs import Job, Progress, drive, drive_with_tqdm, echo
 from imface.metrics import (
     LANDMARK_REGIONS,

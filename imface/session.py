@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from imface.errors import AlignmentError, CheckpointError, MeshError, UserError
 from imface.extract import BandCache, Mesh, extract_narrow_band, face_sdf, refine
 from imface.extract.live import Morpher, MorphFrame
 from imface.extract.repair import MORPH_RADIUS, crop_to_region
-from imface.fit.codes import FitCancelled, fit_scan
 from imface.fit.refine import DetailMap, along_normals
+from imface.fit.scan import fit_scan_job
 from imface.generate import FACESCAPE_EXPRESSIONS, export_rig, expression_codes, write_face
 from imface.io import DEFAULT_CHECKPOINT, Checkpoint, TrainedCodes, load_checkpoint
 from imface.jobs import Cancelled, Job, Progress
@@ -245,8 +244,11 @@ class Session:
         scan = loaded.scan
         yield Progress("Aligning scan", 0, None, loaded.path.name)
         alignment = _align(scan, landmarks)
+        # a private copy: the fit freezes the network's parameters, the editor's meshes go on
         private = dataclasses.replace(self.checkpoint, model=copy.deepcopy(self.model))
-        result = yield from _fit_in_thread(private, scan, alignment, config or FitConfig())
+        result = yield from fit_scan_job(
+            private, scan, config or FitConfig(), alignment=alignment, preview_every=PREVIEW_EVERY
+        )
         yield Progress("Measuring the residual", 0, None)
         mesh = Mesh(result.vertices, result.faces)
         unit_mm = loaded.unit_mm
@@ -349,54 +351,6 @@ def _align(scan: Scan, landmarks: np.ndarray | None) -> Alignment:
         return align_scan(scan.vertices, scan.faces, unit=None, path=Path(scan.path).name)
     except MeshError as exc:  # every failure of the automatic alignment: offer the 5 points
         raise AlignmentError(str(exc)) from exc
-
-
-def _fit_in_thread(checkpoint: Checkpoint, scan: Scan, alignment: Alignment, config: FitConfig):
-    """fit_scan reports through callbacks; run it in a thread and turn its reports into Progress.
-    Closing this generator sets the fit's cancel flag and waits for it to stop."""
-    reports: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["result"] = fit_scan(
-                checkpoint, scan, config, alignment=alignment, preview_every=PREVIEW_EVERY,
-                progress=reports.put, cancel=cancel,
-            )  # fmt: skip
-        except BaseException as exc:  # noqa: BLE001 - handed to the driving thread
-            outcome["error"] = exc
-        finally:
-            reports.put(None)
-
-    thread = threading.Thread(target=work, name="fit", daemon=True)
-    thread.start()
-    try:
-        while True:
-            info = reports.get()
-            if info is None:
-                break
-            preview = None
-            if "mesh" in info:
-                vertices, faces = info["mesh"]
-                preview = Mesh(vertices, faces)
-            values = {"loss": float(info.get("loss", float("nan")))}
-            yield Progress(
-                "Fitting",
-                int(info.get("iteration", 0)),
-                info.get("iterations"),
-                values=values,
-                preview=preview,
-            )
-    finally:
-        cancel.set()
-        thread.join()
-    error = outcome.get("error")
-    if isinstance(error, FitCancelled):
-        raise UserError("the fit was cancelled")
-    if error is not None:
-        raise error
-    return outcome["result"]
 
 
 __all__ += [

@@ -127,7 +127,8 @@ def test_codes_tied_to_registrations_are_whitened_fixed_and_stored(tmp_path):
     on the leading dimension, less on the others), training leaves them alone, the checkpoint
     carries the bases, and a fit starts from the linear face closest to the scan."""
     from imface.config import FitConfig
-    from imface.fit.codes import fit_codes, prior_std, starting_codes
+    from imface.fit.codes import fit_codes
+    from imface.fit.scan import prior_std, starting_codes
     from imface.io import load_checkpoint
 
     root, _ = write_registered_sphere_cache(tmp_path / "cache", identities=3, expressions=2)

@@ -10,7 +10,7 @@ import torch
 from imface.config import FitConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.extract import extract_narrow_band, face_sdf
-from imface.fit.codes import FitCancelled, fit_codes
+from imface.fit.codes import fit_codes, fit_codes_job
 from imface.generate import build_rig, write_glb_with_morph_targets
 from imface.metrics import compare_meshes
 from imface.model import Codes
@@ -50,7 +50,7 @@ def test_fit_recovers_the_surface_of_a_face(face_model):
     after = compare_meshes(fitted.vertices, fitted.faces, mesh.vertices, mesh.faces, 20000)["chamfer_mm"]
     assert after < 0.5 * before, (before, after)
     assert fit.history[-1] < fit.history[0]
-    assert len(calls) == 40 and calls[-1]["iteration"] == 40
+    assert len(calls) == 40 and calls[-1].done == 40 and calls[-1].values["loss"] == fit.history[-1]
     assert all(p.requires_grad for p in face_model.parameters())  # network left trainable
 
 
@@ -68,21 +68,13 @@ def test_fit_with_a_known_identity_moves_only_the_expression(face_model):
 
 def test_fit_can_be_cancelled(face_model):
     _, samples = sdf_samples(face_model, sample_codes(face_model.config, seed=3))
-    stop_after = 3
-
-    def progress(info):
-        if info["iteration"] >= stop_after:
-            cancelled["flag"] = True
-
-    cancelled = {"flag": False}
-    with pytest.raises(FitCancelled):
-        fit_codes(
-            face_model,
-            samples,
-            FitConfig(iterations=50, points_per_step=512),
-            progress=progress,
-            cancel=lambda: cancelled["flag"],
-        )
+    job = fit_codes_job(face_model, samples, FitConfig(iterations=50, points_per_step=512))
+    done = [record.done for record, _ in zip(job, range(3), strict=False)]
+    job.close()  # how every driver cancels a job
+    assert done == [1, 2, 3]
+    with pytest.raises(StopIteration):
+        next(job)
+    assert all(p.requires_grad for p in face_model.parameters())  # network left trainable
 
 
 def test_correspondence_follows_template_space(face_model):

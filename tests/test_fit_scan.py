@@ -8,8 +8,8 @@ from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
 from imface.errors import MeshError
-from imface.fit.codes import FitFailed, fit_scan
 from imface.fit.samples import scan_samples
+from imface.fit.scan import FitFailed, fit_scan
 from imface.scan.align import Alignment
 from imface.scan.load import Scan
 from tests.data_fixtures import load_synth, model_frame, synth_corpus  # noqa: F401

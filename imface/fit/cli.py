@@ -9,7 +9,8 @@ from pathlib import Path
 
 from imface.config import FitConfig
 from imface.errors import UserError
-from imface.fit.codes import FitResult, fit_scan
+from imface.fit.scan import FitResult, fit_scan, fit_scan_job
+from imface.jobs import drive_with_tqdm
 
 
 def add_arguments(parser) -> None:
@@ -91,7 +92,7 @@ def run(args) -> int:
     from imface.scan.load import load_scan
 
     scan = load_scan(args.scan, parse_unit(args.unit))
-    result = fit_scan(checkpoint, scan, cfg, resolution=args.resolution, **options)
+    result = drive_with_tqdm(fit_scan_job(checkpoint, scan, cfg, resolution=args.resolution, **options))
     _write_fit(
         result,
         checkpoint,

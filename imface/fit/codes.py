@@ -1,8 +1,7 @@
-"""Fitting the model to a scan (Eq. 17): freeze the network, optimise z_id and z_exp.
+"""Fitting codes to SDF samples of a scan (Eq. 17): freeze the network, optimise z_id and z_exp.
 
-``fit_scan`` takes any scan, aligns it automatically, preprocesses it like the training data,
-fits the codes, extracts the face and (detail stage) refines it onto the scan; the command line
-is ``imface/fit/cli.py``.
+Whole scans (alignment, samples, codes, extraction, detail) are ``imface/fit/scan.py``; the
+command line is ``imface/fit/cli.py``.
 
 What makes it fast compared with the official 1500 Adam steps at lr 1e-4: start from the mean
 training code, a larger learning rate with cosine decay, few points early and more later
@@ -12,27 +11,16 @@ training code, a larger learning rate with cosine decay, few points early and mo
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from imface.config import FitConfig, LossWeights
-from imface.errors import UserError
-from imface.fit.refine import DetailMap, refine_to_scan
+from imface.jobs import Job, Progress, drive
 from imface.model import Codes, ImFace, spatial_gradient
-from imface.units import MM_PER_UNIT
 
-ProgressFn = Callable[[dict], None]
-
-
-class FitCancelled(Exception):
-    """Raised inside fitting when the caller's cancel flag is set."""
+FITTING = "Fitting"  # the stage of the per-iteration records
 
 
 @dataclass
@@ -43,14 +31,6 @@ class CodeFit:
     seconds: float
     history: list[float] = field(default_factory=list)
     restarts: int = 1  # restarts run in all (a poor fit is retried with more)
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def _initial_codes(model: ImFace, restarts: int, init_id, init_exp, spread, generator) -> list[torch.Tensor]:
@@ -67,7 +47,12 @@ def _initial_codes(model: ImFace, restarts: int, init_id, init_exp, spread, gene
     return out
 
 
-def fit_codes(
+def fit_codes(model: ImFace, samples, config: FitConfig | None = None, *, progress=None, **options):
+    """`fit_codes_job` run to its end; `progress` sees each iteration's record."""
+    return drive(fit_codes_job(model, samples, config, **options), progress)
+
+
+def fit_codes_job(
     model: ImFace,
     samples: dict[str, torch.Tensor],
     config: FitConfig | None = None,
@@ -78,9 +63,7 @@ def fit_codes(
     weights: LossWeights | None = None,
     prior_std: tuple[torch.Tensor, torch.Tensor] | None = None,
     fixed_identity: torch.Tensor | None = None,
-    progress: ProgressFn | None = None,
-    cancel=None,
-) -> CodeFit:
+) -> Job[CodeFit]:
     """Optimise codes so that the model's SDF matches SDF samples of one scan (model frame).
 
     samples: surface_points (Ns, 3), surface_normals (Ns, 3), space_points (Nu, 3), space_sdf (Nu,).
@@ -88,6 +71,8 @@ def fit_codes(
     `prior_std` (per dimension, identity and expression) whitens the code prior: a dimension that
     varies less is held closer to 0 (codes tied to registrations); None: one std for all.
     `fixed_identity` holds z_id at a known code (the person's neutral fit) and fits the rest.
+    Yields one record an iteration (loss in `values`, the best restart's codes as `preview`);
+    closing the job stops it and leaves the network trainable again.
     """
     cfg = config or FitConfig()
     w = weights or LossWeights()
@@ -109,8 +94,6 @@ def fit_codes(
     per_restart = torch.zeros(restarts)
     try:
         for it in range(cfg.iterations):
-            if _is_cancelled(cancel):
-                raise FitCancelled()
             for group in optimizer.param_groups:  # cosine decay to 5 % of the initial rate
                 group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations)))
             points = _points_for_iteration(cfg, it)
@@ -123,10 +106,8 @@ def fit_codes(
                 _keep_in_range(params, prior_std, cfg.code_bound_std)
             best = float(per_restart.detach().min())
             history.append(best)
-            if progress is not None:
-                info = {"iteration": it + 1, "iterations": cfg.iterations, "loss": best}
-                info["codes"] = _best_codes(params, int(torch.argmin(per_restart.detach())))
-                progress(info)
+            codes = _best_codes(params, int(torch.argmin(per_restart.detach())))
+            yield Progress(FITTING, it + 1, cfg.iterations, values={"loss": best}, preview=codes)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -213,226 +194,3 @@ def _restart_losses(
         whitened = (params[0] * whiten[0]).pow(2).mean(1) + (params[1] * whiten[1]).pow(2).mean(1)
         embedding = cfg.whitened_prior_weight * whitened
     return w.sdf * sdf_term + w.normal * normal_term + w.eikonal * eikonal_term + embedding
-
-
-# -- whole scans ---------------------------------------------------------------------------
-# A fit is poor when the scan lies this far from it: the median over the scan's face region
-# (real faces fit to 0.3-1.2 mm, CT stair steps included; a fit that lost the face is >= 4 mm)
-POOR_MEDIAN_MM = 2.5
-POOR_WITHIN_5MM = 0.7  # and at least this share of the scan within 5 mm of the fit
-
-
-class FitFailed(UserError):
-    """The fit ended far from the scan even after its restarts; `report` says how far."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class FitResult:
-    codes: Codes
-    vertices: np.ndarray  # fitted mesh in the scan's own frame and units
-    faces: np.ndarray
-    alignment: object  # imface.scan.align.Alignment
-    report: dict
-    detail: DetailMap | None = None  # the detail stage's offsets in template space (any face takes them)
-
-
-def fit_scan(
-    checkpoint,
-    scan,
-    config: FitConfig | None = None,
-    *,
-    resolution: int = 128,
-    alignment=None,
-    preview_every: int = 0,
-    progress: ProgressFn | None = None,
-    cancel=None,
-    unit: str | None = None,
-    landmarks=None,
-    on_poor_fit: str = "raise",
-) -> FitResult:
-    """Load (if a path), align, sample and fit one scan (mesh or point cloud); the mesh comes
-    back in the scan frame.
-
-    alignment: a known scan -> model transform instead of the automatic one. unit: the scan's
-    unit ('m', 'cm', 'mm'; else guessed). landmarks: 5 or 7 points in the scan frame that start
-    the alignment (`imface.scan.template.template_landmarks`). preview_every > 0 adds a coarse
-    "mesh" (vertices in the scan frame, faces) to every n-th progress report. A fit that ends
-    far from the scan is restarted; if it stays far, `on_poor_fit="raise"` raises FitFailed and
-    "flag" returns it with report["ok"] False and report["warning"].
-    """
-    from imface.correspond import template_coordinates
-    from imface.extract import face_mesh
-    from imface.fit.samples import scan_samples
-    from imface.scan.align import align_scan
-    from imface.scan.load import load_scan, parse_unit
-
-    cfg = config or FitConfig()
-    started = time.perf_counter()
-    unit = parse_unit(unit)
-    if not hasattr(scan, "vertices"):
-        scan = load_scan(scan, unit)
-    where = getattr(scan, "path", "") or ""
-    if alignment is None:
-        alignment = align_scan(scan.vertices, scan.faces, unit=unit, path=where, landmarks=landmarks)
-    aligned = time.perf_counter()
-    samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
-    sampled = time.perf_counter()
-    fit, distances = _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel)
-    report = _report(fit, distances, alignment, started)
-    report["align_seconds"] = round(aligned - started, 2)
-    report["sample_seconds"] = round(sampled - aligned, 2)
-    if not report["ok"]:
-        report["warning"] = (
-            f"{where + ': ' if where else ''}the fit stays far from the scan (median "
-            f"{report['scan_to_fit_median_mm']:.1f} mm, {report['scan_within_5mm']:.0f}% within 5 mm; "
-            f"need <= {POOR_MEDIAN_MM} mm and >= {100 * POOR_WITHIN_5MM:.0f}%) after "
-            f"{report['restarts']} restarts: check the alignment, or give --landmarks"
-        )
-        if on_poor_fit == "raise":
-            raise FitFailed(report["warning"], report)
-    extracting = time.perf_counter()
-    mesh = face_mesh(checkpoint.model, fit.codes, resolution)
-    report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
-    vertices, detail_map = mesh.vertices, None
-    if cfg.detail_stage:
-        report["codes_only"] = surface_scores(mesh.vertices, mesh.faces, samples)
-        refining = time.perf_counter()
-        points, normals = (samples[k].cpu().numpy() for k in ("surface_points", "surface_normals"))
-        detail = refine_to_scan(mesh.vertices, mesh.faces, points, normals)
-        vertices = detail.apply(mesh.vertices)
-        template = template_coordinates(checkpoint.model, fit.codes, mesh.vertices)
-        detail_map = DetailMap(template, detail.offsets, Path(where).name if where else "")
-        report.update(detail.summary(), detail_seconds=round(time.perf_counter() - refining, 2))
-    report.update(surface_scores(vertices, mesh.faces, samples))
-    report["seconds"] = round(time.perf_counter() - started, 2)
-    return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail_map)
-
-
-def prior_std(checkpoint) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-dimension code std of a checkpoint whose codes are tied to registrations."""
-    return None if checkpoint.basis is None else checkpoint.basis.code_std()
-
-
-def starting_codes(checkpoint, surface_points, cfg: FitConfig) -> tuple[torch.Tensor | None, ...]:
-    """Where the fit starts: the linear fit of the checkpoint's code bases to the scan when its
-    codes are tied to registrations (imface/model/basis.py), else the mean training code
-    (init "mean") or zeros."""
-    if cfg.init != "mean":
-        return None, None
-    if checkpoint.basis is not None:
-        points = surface_points.cpu().numpy() if torch.is_tensor(surface_points) else surface_points
-        return checkpoint.basis.fit(np.asarray(points))
-    stats = checkpoint.stats
-    return stats["id"].mean, stats["exp"].mean
-
-
-def _fit_with_restarts(checkpoint, samples, cfg, progress, preview_every, alignment, cancel):
-    """The fit from its starting codes; if it ends far from the scan, once more with restarts
-    spread by the training codes' std (optimised as one batch), keeping the closer one."""
-    stats = checkpoint.stats
-    spread = (float(stats["id"].std.mean()), float(stats["exp"].std.mean()))
-    model = checkpoint.model
-    init_id, init_exp = starting_codes(checkpoint, samples["surface_points"], cfg)
-
-    def run(c: FitConfig):
-        fit = fit_codes(
-            model,
-            samples,
-            c,
-            init_id=init_id,
-            init_exp=init_exp,
-            spread=spread,
-            prior_std=prior_std(checkpoint),
-            progress=_with_previews(progress, preview_every, model, alignment),
-            cancel=cancel,
-        )
-        return fit, scan_to_fit_mm(model, fit.codes, samples)
-
-    fit, distances = run(cfg)
-    fit.restarts = cfg.restarts
-    if _is_poor(distances) and cfg.restarts < RETRY_RESTARTS:
-        retry = replace(cfg, restarts=RETRY_RESTARTS, iterations=int(cfg.iterations * 1.5), seed=cfg.seed + 1)
-        fit2, distances2 = run(retry)
-        fit2.restarts = cfg.restarts + RETRY_RESTARTS
-        if np.median(distances2) < np.median(distances):
-            return fit2, distances2
-        fit.restarts = fit2.restarts
-    return fit, distances
-
-
-RETRY_RESTARTS = 6
-
-
-def _is_poor(distances_mm) -> bool:
-    return bool(np.median(distances_mm) > POOR_MEDIAN_MM or np.mean(distances_mm < 5.0) < POOR_WITHIN_5MM)
-
-
-def scan_to_fit_mm(model: ImFace, codes: Codes, samples) -> np.ndarray:
-    """Distance (mm) from each surface sample of the scan to the fitted surface: |SDF| (the
-    fitted SDF is metric near its zero set), no mesh needed."""
-    from imface.extract import face_sdf
-
-    sdf = face_sdf(model, codes)
-    pts = samples["surface_points"]
-    out = [sdf(pts[i : i + 32768]).abs() for i in range(0, len(pts), 32768)]
-    return torch.cat(out).cpu().numpy().astype(np.float64) * MM_PER_UNIT
-
-
-def _report(fit, distances, alignment, started) -> dict:
-    return {
-        "ok": not _is_poor(distances),
-        "seconds": round(time.perf_counter() - started, 2),
-        "fit_seconds": round(fit.seconds, 2),
-        "iterations": fit.iterations,
-        "restarts": getattr(fit, "restarts", 1),
-        "loss": fit.loss,
-        "scan_to_fit_median_mm": float(np.median(distances)),
-        "scan_to_fit_p90_mm": float(np.quantile(distances, 0.9)),
-        "scan_within_5mm": float(100 * np.mean(distances < 5.0)),
-        "alignment_transform": np.asarray(alignment.transform).tolist(),
-        "alignment_residual_mm": float(getattr(alignment, "residual_mm", float("nan"))),
-        "alignment_scale": float(getattr(alignment, "scale", float("nan"))),
-        "unit": getattr(alignment, "unit", None),
-    }
-
-
-def surface_scores(vertices, faces, samples) -> dict:
-    """Chamfer and F-scores against the scan in the model frame (mm), inside the protocol's
-    region: the 100 mm sphere the scan was cropped to (the extraction cube's corners lie
-    outside it). A real scan often covers less than that sphere (cut at the hairline, the
-    cheeks), and the fitted surface beyond its edge has nothing to be compared with, so
-    `"on_scan"` scores the fitted surface again inside the scan's footprint only: the
-    points whose front view (x, y of the model frame) falls within 3 mm of the scan's own."""
-    from imface.metrics import SurfaceSample, compare_samples, sample_in_region
-
-    fitted = sample_in_region(vertices, faces, 50_000, np.zeros(3), 1.0)
-    target = SurfaceSample(*(samples[k].cpu().numpy() for k in ("surface_points", "surface_normals")))
-    scores = compare_samples(fitted, target)
-    inside = cKDTree(target.points[:, :2]).query(fitted.points[:, :2])[0] < FOOTPRINT_MM / MM_PER_UNIT
-    if inside.any():
-        covered = SurfaceSample(fitted.points[inside], fitted.normals[inside])
-        scores["on_scan"] = compare_samples(covered, target) | {"fitted_percent": float(100 * inside.mean())}
-    return scores
-
-
-FOOTPRINT_MM = 3.0
-
-
-def _with_previews(progress, every: int, model: ImFace, alignment):
-    """Wrap a progress callback so every n-th report carries a coarse mesh in the scan frame."""
-    if progress is None or every <= 0:
-        return progress
-
-    def report(info: dict) -> None:
-        if info["iteration"] % every == 0 or info["iteration"] == info["iterations"]:
-            from imface.extract import face_mesh
-
-            mesh = face_mesh(model, info["codes"], resolution=64)
-            info = {**info, "mesh": (alignment.to_scan(mesh.vertices), mesh.faces)}
-        progress(info)
-
-    return report
