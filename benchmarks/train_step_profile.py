@@ -19,7 +19,8 @@ import torch
 
 from imface.config import ModelConfig, TrainConfig
 from imface.train import losses
-from imface.train.trainer import Dist, Trainer, TrainingSet, _batch_generator
+from imface.train.trainer import Dist, Trainer
+from imface.train.training_set import TrainingSet, batch_generator
 
 
 def time_steps(trainer: Trainer, batch, repeats: int) -> float:
@@ -55,7 +56,7 @@ def main() -> None:
         trainer = Trainer(cfg, data, Path(tmp), Dist())
         scans = trainer._scans_of_batch(0)
         batch = data.batch(
-            scans, cfg.points_per_scan, _batch_generator(0, 0, 0, 0), "cpu", cfg.correspondence_points
+            scans, cfg.points_per_scan, batch_generator(0, 0, 0, 0), "cpu", cfg.correspondence_points
         )
         full = time_steps(trainer, batch, args.repeats)
         costs = {}

@@ -6,7 +6,8 @@ import torch
 import trimesh
 
 from imface.model import Codes
-from imface.train.trainer import Dist, Trainer, TrainingSet
+from imface.train.trainer import Dist, Trainer
+from imface.train.training_set import TrainingSet
 from tests.test_train import tiny_config, write_sphere_cache
 
 SAMPLE_KEYS = ("surface_points", "surface_normals", "space_points", "space_sdf")

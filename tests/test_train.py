@@ -67,7 +67,7 @@ def sphere_cache(tmp_path_factory):
 
 
 def sphere_training_set(cache):
-    from imface.train.trainer import TrainingSet
+    from imface.train.training_set import TrainingSet
 
     return TrainingSet.open(cache, test_identities=0, seed=0)
 
@@ -220,7 +220,7 @@ def test_a_new_run_can_start_from_a_checkpoint_of_the_same_scans(tmp_path, spher
 
 
 def test_a_run_on_a_grown_corpus_starts_from_a_checkpoint_of_fewer_people(tmp_path, sphere_cache):
-    from imface.train.trainer import TrainingSet
+    from imface.train.training_set import TrainingSet
 
     cfg = tiny_config(epochs=10)
     one_person = [f"000/{e}_expr" for e in (1, 2, 3)]

@@ -12,7 +12,8 @@ import torch.distributed as dist
 from imface.config import ModelConfig, TrainConfig
 from imface.errors import UserError
 from imface.train.rundir import RunDir
-from imface.train.trainer import Trainer, TrainingSet, init_distributed
+from imface.train.trainer import Trainer, init_distributed
+from imface.train.training_set import TrainingSet
 
 PRESETS = {"default": ModelConfig, "paper": ModelConfig.paper, "tiny": ModelConfig.tiny}
 DEFAULT_TEST_IDENTITIES = 0.2
