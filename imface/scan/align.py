@@ -4,11 +4,13 @@ The model frame: 1 unit = 100 mm, face looking +z, y up, nose tip at (0, 0, 0.4)
 alignment is a similarity ``x_model = s R x_scan + t`` kept as a 4x4 matrix, so any result in the
 model frame can be taken back to the scan's own frame and unit (``Alignment.to_scan``).
 
-Automatic alignment (no landmarks): 300 rotations covering SO(3), each with one of the scan's
-two most forward bumps on the template nose tip, run a short trimmed point-to-plane ICP
-(batched, ``imface.scan.icp``) against the template face (``imface.scan.template``); the
-best 8 run a longer one; the winner is refined on the whole face, then on the upper face (above
-the upper lip), which expressions hardly move, and the nose tip is snapped to (0, 0, 0.4).
+Automatic alignment (no landmarks): 600 rotations covering SO(3), taken relative to the scan's
+principal axes (so the same starts, relative to the face, in any pose), each with one of the
+scan's two most forward bumps on the template nose tip, run a short trimmed point-to-plane ICP
+(batched, ``imface.scan.icp``) against the template face (``imface.scan.template``); up to 8
+distinct placements among the best get a short refinement and the most face-like (the face
+evidence below) is refined on the whole face, then on the upper face (above the upper lip),
+which expressions hardly move, and the nose tip is snapped to (0, 0, 0.4).
 
 Scale: the given unit is kept. Otherwise the unit guessed from the size is tried first and kept
 when a face fits at it (a free scale would drift on cut or partial scans); when it does not,
@@ -177,13 +179,7 @@ def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
     """Search (or refine from `start`) the pose at a scale; `free` lets the scale adjust."""
     tmpl = template()
     if start is None:
-        mats, score = batched_icp(tree, pts, tmpl, start_placements(pts, scale))
-        best = None
-        for k in np.argsort(score)[:8]:
-            m, rms, inl, _ = trimmed_icp(tree, pts, tmpl, tmpl.coarse, mats[k], 12, 0.3, free, plane=True)
-            if best is None or rms - 0.02 * inl < best[0]:
-                best = (rms - 0.02 * inl, m)
-        start = best[1]
+        start = _search(tree, pts, scale, free)
     # the scale (when free) comes from the whole face: the upper face alone lets it drift
     m, _, _, _ = trimmed_icp(tree, pts, tmpl, tmpl.fine, start, 12 if free else 8, 0.2, free, plane=True)
     m, rms, inl, _ = trimmed_icp(tree, pts, tmpl, tmpl.upper, m, 10, 0.1, False, plane=True, upper=True)
@@ -191,6 +187,50 @@ def _place(tree, pts, scale, unit, start=None, free=False) -> _Placement:
     s = float(np.cbrt(np.linalg.det(m[:3, :3])))
     m = _snap_nose(m, pts)
     return _Placement(m, s if free else scale, unit, face_evidence(tree, m, rms, inl, free))
+
+
+FINALISTS = 8  # distinct placements refined a little and judged by their face evidence
+POOL = 60  # starts (best batched score first) looked through for them
+SURVIVORS = 300  # of the 1,200 starts, those that run the whole batched ICP
+DISTINCT = 0.1  # model units (10 mm): placements whose nose, centre or brow land farther apart
+_PROBES = np.array([NOSE, [0.0, 0.0, 0.0], [0.0, 0.5, 0.2]])  # model frame
+
+
+def _search(tree, pts, scale, free) -> np.ndarray:
+    """The most face-like of the distinct placements the starts lead to. The short ICP's own
+    score often prefers a wrong placement (a chin for a nose, a tilted face on an unusual
+    person), so a few distinct finalists get a short refinement on the whole and the upper face
+    and the face evidence (nose, matched template, residual) picks one."""
+    tmpl = template()
+    mats, score = batched_icp(tree, pts, tmpl, start_placements(pts, scale), iters=2)
+    survivors = np.argsort(score)[:SURVIVORS]  # a bad start is bad after two steps already
+    mats, score = batched_icp(tree, pts, tmpl, mats[survivors], iters=3)
+    finalists: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: list[np.ndarray] = []  # where the starts already refined had landed (same fate)
+    for k in np.argsort(score)[:POOL]:
+        start_landed = apply_matrix(np.linalg.inv(mats[k]), _PROBES)
+        if _near_any(start_landed, seen, scale, DISTINCT / 4):
+            continue
+        seen.append(start_landed)
+        m, _, _, _ = trimmed_icp(tree, pts, tmpl, tmpl.coarse, mats[k], 12, 0.3, free, plane=True)
+        landed = apply_matrix(np.linalg.inv(m), _PROBES)
+        if _near_any(landed, [f[0] for f in finalists], scale, DISTINCT):
+            continue
+        finalists.append((landed, m))
+        if len(finalists) == FINALISTS:
+            break
+
+    def evidence(m) -> FaceEvidence:
+        m, _, _, _ = trimmed_icp(tree, pts, tmpl, tmpl.fine, m, 5, 0.2, free, plane=True)
+        m, rms, inl, _ = trimmed_icp(tree, pts, tmpl, tmpl.upper, m, 5, 0.1, False, plane=True, upper=True)
+        return face_evidence(tree, _snap_nose(m, pts), rms, inl, free)
+
+    return max(finalists, key=lambda f: evidence(f[1]).score)[1]
+
+
+def _near_any(landed, others, scale, tol) -> bool:
+    """Whether probe points `landed` (scan frame) are within `tol` model units of any of `others`."""
+    return any(np.linalg.norm(landed - other, axis=1).max() * scale < tol for other in others)
 
 
 def _size_scales(pts) -> list[float]:
