@@ -177,7 +177,7 @@ def main() -> None:
             pairs.append(entry)
     result = {
         "benchmark": "diagnose_floors",
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": Path(args.checkpoint).name,
         "sha256": ckpt.sha256[:12],
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "codes": rows,
