@@ -189,6 +189,9 @@ class LossWeights:
     # the whole chain -> the template point
     correspondence_expression: float = 1000.0
     correspondence_template: float = 1000.0
+    # the same on blends of two training scans at the blend of their (tied) codes: teaches the
+    # warps the faces between the training people (0: off)
+    correspondence_between: float = 0.0
     neutral_suppression: float = 100.0
     detail_sdf: float = 3000.0
     detail_normal: float = 100.0

@@ -1,5 +1,7 @@
 """Correspondence supervision: registered points pull the warps to one template point."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,31 @@ def test_training_set_reads_registrations_and_a_template(registered_cache):
     assert samples["corr_points"].shape == (3, 16, 3) and bool(samples["corr_has"].all())
     # a neutral scan's canonical target is the point itself
     torch.testing.assert_close(samples["corr_points"][0], samples["corr_canonical"][0])
+
+
+def test_blends_of_two_scans_carry_the_blend_of_their_registrations(registered_cache):
+    """`between`: each scan's points on (1 - t) reg + t reg_partner (the next scan of the batch),
+    with the neutral blend as the canonical target, and the loss term reaches the training log."""
+    root, _ = registered_cache
+    data = TrainingSet.open(root, test_identities=0, seed=0)
+    scans = np.array([data.keys.index("000/1_expr"), data.keys.index("001/1_expr")])
+    s = data.registrations.sample(scans, 16, torch.Generator().manual_seed(0), between=True)
+    t = s["between_t"][0]
+    # person 1's registration is person 0's scaled by 0.45 / 0.35 and turned: the same
+    # (triangle, barycentric) point on it is that map of person 0's point
+    partner = s["corr_points"][0] * (0.45 / 0.35) @ torch.from_numpy(_rotation(TURN).T).float()
+    expected = (1 - t) * s["corr_points"][0] + t * partner
+    torch.testing.assert_close(s["between_points"][0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s["between_canonical"][0], expected, atol=1e-5, rtol=0)  # both neutral
+    assert bool(s["between_has"].all())
+
+    cfg = tiny_config(correspondence_points=8)
+    cfg.losses.correspondence_between = 1000.0
+    run = root.parent / "between-run"
+    run.mkdir(exist_ok=True)
+    Trainer(cfg, data, run, Dist(), log_every=1).run(max_steps=2)
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["correspondence_between"] > 0 for r in logged if "step" in r)
 
 
 def test_correspondence_loss_pulls_corresponding_points_together(registered_cache):

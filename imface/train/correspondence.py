@@ -43,10 +43,13 @@ class Registrations:
         triangles = np.flatnonzero(np.linalg.norm(centroids, axis=1) < REGION_RADIUS)
         return cls(np.asarray(faces), of_scan, neutral, template.astype(np.float32), triangles)
 
-    def sample(self, scans: np.ndarray, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def sample(
+        self, scans: np.ndarray, count: int, generator: torch.Generator, between: bool = False
+    ) -> dict[str, torch.Tensor]:
         """`count` corresponding points per scan: on the scan's registration (the input), on its
         person's neutral registration and on the template (the targets); `has` marks scans
-        that carry a registration (the others get zeros and no loss)."""
+        that carry a registration (the others get zeros and no loss). `between` adds the same
+        points on a blend of each scan with the next one of the batch (see `between_faces`)."""
         tri = self.faces[
             self.triangles[torch.randint(len(self.triangles), (len(scans), count), generator=generator)]
         ]
@@ -68,9 +71,37 @@ class Registrations:
             canonical.append(at(neutral, i) if ok else zeros)
             template.append(at(self.template, i))
         as_tensor = lambda a: torch.from_numpy(np.stack(a).astype(np.float32))  # noqa: E731
-        return {
+        out = {
             "corr_points": as_tensor(observed),
             "corr_canonical": as_tensor(canonical),
             "corr_template": as_tensor(template),
             "corr_has": torch.tensor(has, dtype=torch.bool),
+        }
+        if between:
+            out.update(self._between(scans, at, has, generator))
+        return out
+
+    def _between(self, scans, at, has, generator) -> dict[str, torch.Tensor]:
+        """Blends of each scan i with its partner (the next scan of the batch) at a random weight
+        t: the same (triangle, barycentric) points on (1 - t) reg_i + t reg_partner and on the
+        blend of their neutral registrations. Codes tied to registrations are linear in them, so
+        the blend's codes are the same blend of the two scans' codes: supervision for the warps
+        at codes between the training people, where no scan exists."""
+        t = torch.rand(len(scans), generator=generator).numpy()
+        partner = np.roll(np.arange(len(scans)), -1)
+        observed, canonical = [], []
+        for i, j in enumerate(partner):
+            if not (has[i] and has[j]):
+                observed.append(np.zeros_like(at(self.template, i)))
+                canonical.append(observed[-1])
+                continue
+            a, b = scans[i], scans[j]
+            observed.append((1 - t[i]) * at(self.of_scan[a], i) + t[i] * at(self.of_scan[b], i))
+            canonical.append((1 - t[i]) * at(self.neutral[a], i) + t[i] * at(self.neutral[b], i))
+        as_tensor = lambda a: torch.from_numpy(np.stack(a).astype(np.float32))  # noqa: E731
+        return {
+            "between_points": as_tensor(observed),
+            "between_canonical": as_tensor(canonical),
+            "between_t": torch.from_numpy(t.astype(np.float32)),
+            "between_has": torch.tensor([has[i] and has[j] for i, j in enumerate(partner)], dtype=torch.bool),
         }

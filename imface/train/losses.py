@@ -98,6 +98,8 @@ def batch_losses(
         terms["embedding"] = w.embedding * _embedding(codes)
     if "corr_points" in batch and bool(batch["corr_has"].any()):
         terms.update(correspondence_terms(model, prep, batch, w))
+    if "between_points" in batch and bool(batch["between_has"].any()):
+        terms["correspondence_between"] = w.correspondence_between * between_error(model, codes, batch)
     if use_detail:
         fine_grad = spatial_gradient(out.sdf, points, create_graph=True)
         detail_terms: dict[str, Tensor] = {}
@@ -175,6 +177,24 @@ def correspondence_terms(model: ImFace, prep: PreparedCodes, batch, w: LossWeigh
         "correspondence_expression": w.correspondence_expression * canonical_error,
         "correspondence_template": w.correspondence_template * template_error,
     }
+
+
+def between_error(model: ImFace, codes: Codes, batch) -> Tensor:
+    """L1 of the warps on blends of each scan with the next one of the batch (registrations and
+    codes blended alike, `Registrations.sample(between=True)`): ExpNet -> the blended neutral
+    point, the whole chain -> the template point."""
+    t = batch["between_t"].unsqueeze(-1)
+    partner = torch.roll(torch.arange(len(t), device=t.device), -1)
+    blend = lambda z: (1 - t) * z + t * z[partner]  # noqa: E731
+    mixed = Codes(blend(codes.z_id), blend(codes.z_exp), codes.neutral & codes.neutral[partner])
+    points = batch["between_points"]
+    b, k = points.shape[:2]
+    index = torch.arange(b, device=points.device).repeat_interleave(k)
+    out = model.query(points.reshape(-1, 3), model.prepare(mixed), index, detail=False)
+    has = batch["between_has"]
+    canonical = (out.canonical.view(b, k, 3)[has] - batch["between_canonical"][has]).abs().mean()
+    template = (out.template.view(b, k, 3)[has] - batch["corr_template"][has]).abs().mean()
+    return canonical + template
 
 
 def _embedding(codes: Codes) -> Tensor:

@@ -249,7 +249,10 @@ class Trainer:
         cfg, env = self.cfg, self.env
         gen = batch_generator(cfg.seed, self.epoch, batch_in_epoch, env.rank)
         scans = self._scans_of_batch(batch_in_epoch)
-        batch = self.data.batch(scans, cfg.points_per_scan, gen, env.device, cfg.correspondence_points)
+        between = cfg.losses.correspondence_between > 0
+        batch = self.data.batch(
+            scans, cfg.points_per_scan, gen, env.device, cfg.correspondence_points, between
+        )  # fmt: skip
         epoch_float = self.epoch + batch_in_epoch / self.batches_per_epoch
         ramp = (
             cosine_ramp(epoch_float, cfg.detail_start_epoch, cfg.detail_ramp_epochs)

@@ -98,9 +98,11 @@ class TrainingSet:
         generator: torch.Generator,
         device,
         correspondences: int = 0,
+        between: bool = False,
     ):
         """Load a batch: half surface points (with normals), half space points (with SDF), and
-        `correspondences` registered points per scan where the scans carry registrations."""
+        `correspondences` registered points per scan where the scans carry registrations (and on
+        blends of scan pairs with `between`)."""
         n_surface = points_per_scan // 2
         n_space = points_per_scan - n_surface
         fields: dict[str, list] = {k: [] for k in ("surface_points", "surface_normals", "space_points")}
@@ -120,7 +122,7 @@ class TrainingSet:
         batch["identity"] = torch.from_numpy(identity).long().to(device)
         batch["neutral_landmarks5"] = torch.from_numpy(self.neutral_landmarks[identity]).to(device)
         if self.registrations is not None and correspondences > 0:
-            samples = self.registrations.sample(scans, correspondences, generator)
+            samples = self.registrations.sample(scans, correspondences, generator, between)
             batch.update({k: v.to(device) for k, v in samples.items()})
         return batch
 
