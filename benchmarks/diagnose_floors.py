@@ -49,14 +49,18 @@ def trained_codes(ckpt, record) -> Codes | None:
     return Codes(z_id[None], z_exp[None])
 
 
-def registration_codes(ckpt, corpus, key, train_keys) -> tuple[Codes, float]:
-    """The codes of a scan's own registration under the checkpoint's bases (None without bases)
-    and the linear face's mean distance (mm) to that registration on the bases' vertices."""
-    basis = ckpt.basis
-    records = {k: corpus.record(k) for k in train_keys}
-    neutrals = [k for k, r in records.items() if r["neutral"]]
+def basis_vertices_in(ckpt, corpus, train_keys) -> np.ndarray:
+    """Indices of the registered vertices the checkpoint's bases live on (their mean face is the
+    training people's mean neutral registration there)."""
+    neutrals = [k for k in train_keys if corpus.record(k)["neutral"]]
     mean = np.mean([np.asarray(corpus.load(k)["registered_vertices"]) for k in neutrals], axis=0)
-    _, pick = cKDTree(mean).query(basis.mean.numpy())  # the bases' vertices: their mean face
+    return cKDTree(mean).query(ckpt.basis.mean.numpy())[1]
+
+
+def registration_codes(ckpt, corpus, key, pick) -> tuple[Codes, float]:
+    """The codes of a scan's own registration under the checkpoint's bases (on vertices `pick`)
+    and the linear face's mean distance (mm) to that registration there."""
+    basis = ckpt.basis
     record = corpus.record(key)
     own_neutral = next(s["key"] for s in corpus.scans if s["identity"] == record["identity"] and s["neutral"])
     neutral = np.asarray(corpus.load(own_neutral)["registered_vertices"])[pick]
@@ -127,10 +131,11 @@ def main() -> None:
             }
         )
     held_out = []
-    for key in chosen_test if ckpt.basis is not None else []:
+    pick = basis_vertices_in(ckpt, corpus, train_keys) if ckpt.basis is not None else None
+    for key in chosen_test if pick is not None else []:
         arrays = corpus.load(key)
         gt = np.asarray(arrays["gt_vertices"]), np.asarray(arrays["gt_faces"])
-        codes, linear_mm = registration_codes(ckpt, corpus, key, train_keys)
+        codes, linear_mm = registration_codes(ckpt, corpus, key, pick)
         mesh = face_mesh(ckpt.model, codes, args.resolution)
         true_codes = compare_meshes(mesh.vertices, mesh.faces, *gt, 50_000)
         fit = ev.fit_scan(key)

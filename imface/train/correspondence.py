@@ -49,7 +49,7 @@ class Registrations:
         """`count` corresponding points per scan: on the scan's registration (the input), on its
         person's neutral registration and on the template (the targets); `has` marks scans
         that carry a registration (the others get zeros and no loss). `between` adds the same
-        points on a blend of each scan with the next one of the batch (see `between_faces`)."""
+        points on a blend of each scan with the next one of the batch (see `_between`)."""
         tri = self.faces[
             self.triangles[torch.randint(len(self.triangles), (len(scans), count), generator=generator)]
         ]
