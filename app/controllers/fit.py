@@ -46,7 +46,11 @@ class FitController(QObject):
         panel.pickRequested.connect(self.start_landmark_picking)
         panel.cancelRequested.connect(self.cancel_fit)
         doc.scanChanged.connect(self._scan_changed)
-        doc.fitChanged.connect(self._fit_changed)
+        # the fitted mesh and heat map are new actors (~20 ms): shown in an event-loop pass of their
+        # own, not inside the one that applies the fit
+        self._show_fit = QTimer(self, singleShot=True, interval=1)
+        self._show_fit.timeout.connect(self._fit_changed)
+        doc.fitChanged.connect(self._show_fit.start)
         doc.fitChanged.connect(self._show_detail_state)
         doc.detailChanged.connect(self._detail_changed)
         panel.detailToggled.connect(self._toggle_detail)
