@@ -1,9 +1,11 @@
 """Command line: python -m imface COMMAND [options].
 
-Each command lives in the module that implements it; that module exposes
-``add_arguments(parser)`` and ``run(args) -> int`` (or ``add_<cmd>_arguments`` / ``run_<cmd>`` when
-one module serves several commands). The table below is the only place that lists
-them, and modules are imported only when their command runs (torch imports are slow).
+A stage's commands live in its cli.py (imface/corpus/cli.py, imface/samples/cli.py, ...); the
+top-level ones that belong to no stage folder (info, eval, correspond, generate, rig) live in
+imface/commands.py. The library modules they call hold none of their option parsing. A command's
+module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (or ``add_<cmd>_arguments`` /
+``run_<cmd>`` when one module serves several commands). The table below is the only place that
+lists them, and modules are imported only when their command runs (torch imports are slow).
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from imface.errors import UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("imface.io", "show what a checkpoint holds"),
-    "synth": ("imface.corpus.synth", "make a synthetic FaceScape-like corpus from the Anny head"),
-    "prepare": ("imface.samples.prepare", "preprocess scans into cached SDF samples"),
+    "info": ("imface.commands", "show what a checkpoint holds"),
+    "synth": ("imface.corpus.cli", "make a synthetic FaceScape-like corpus from the Anny head"),
+    "prepare": ("imface.samples.cli", "preprocess scans into cached SDF samples"),
     "train": ("imface.train.cli", "train ImFace on a prepared corpus (torchrun for several GPUs)"),
-    "eval": ("imface.evaluate", "evaluate a checkpoint against the PCA baseline"),
+    "eval": ("imface.commands", "evaluate a checkpoint against the PCA baseline"),
     "fit": ("imface.fit.cli", "fit the model to a scan (any pose and unit)"),
-    "correspond": ("imface.correspond", "dense correspondence between two faces"),
-    "generate": ("imface.generate", "sample random faces from the code statistics"),
-    "rig": ("imface.generate", "export the FaceScape expressions (neutral + 19) of one identity as a rig"),
+    "correspond": ("imface.commands", "dense correspondence between two faces"),
+    "generate": ("imface.commands", "sample random faces from the code statistics"),
+    "rig": ("imface.commands", "export the FaceScape expressions (neutral + 19) of one identity as a rig"),
     "extract": ("imface.extract", "extract a face mesh for given codes"),
     "export-topology": ("imface.extract", "write a shared template topology mesh"),
     "appearance": ("imface.appearance.cli", "radiance field from multi-view images: synth, train, render"),

@@ -4,13 +4,13 @@ Every face of the model warps to the shared template space (p'' = I(E(p))). Two 
 where their template coordinates meet, so colouring vertices by a function of their template
 coordinates paints one texture that follows every morph and every fitted face.
 
-``python -m imface correspond A B --out DIR``: A and B are codes JSON files (from ``fit --codes``)
-or scans (fitted first); writes both meshes coloured by template coordinates and the mapping.
+``python -m imface correspond A B --out DIR`` (imface/commands.py): A and B are codes JSON files
+(from ``fit --codes``) or scans (fitted first); writes both meshes coloured by template
+coordinates and the mapping.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ from scipy.spatial import cKDTree
 from imface.appearance.albedo import Albedo
 from imface.errors import UserError
 from imface.model import Codes, ImFace
-from imface.paths import atomic_output, atomic_write_text
 
 PATTERNS = ("template", "checker", "uv-grid")
 
@@ -93,68 +92,6 @@ def correspondence(template_a: np.ndarray, template_b: np.ndarray) -> tuple[np.n
     template-space distance (large distances mean "no counterpart")."""
     distance, index = cKDTree(np.asarray(template_b)).query(np.asarray(template_a))
     return index, distance
-
-
-# -- CLI -------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    from imface.io import DEFAULT_CHECKPOINT
-
-    parser.add_argument("a", help="codes JSON (fit --codes) or a scan to fit")
-    parser.add_argument("b", help="codes JSON (fit --codes) or a scan to fit")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--pattern", default="template", help=f"{', '.join(PATTERNS)} or an image file")
-    parser.add_argument("--resolution", type=int, default=128)
-
-
-def load_codes_json(path: str | Path, checkpoint) -> Codes:
-    try:
-        data = json.loads(Path(path).read_text())
-        z_id = torch.tensor(data["z_id"], dtype=torch.float32)
-        z_exp = torch.tensor(data["z_exp"], dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a codes file ({exc})") from None
-    cfg = checkpoint.config
-    if z_id.shape != (cfg.id_dim,) or z_exp.shape != (cfg.exp_dim,):
-        raise UserError(f"{path}: codes do not fit this checkpoint ({cfg.id_dim}/{cfg.exp_dim} dims)")
-    return Codes(z_id, z_exp, torch.tensor([bool(data.get("neutral", False))]))
-
-
-def _face(path: str, checkpoint, resolution: int):
-    """(codes, mesh in the model frame) for a codes file or a scan."""
-    from imface.extract import face_mesh
-
-    if Path(path).suffix.lower() == ".json":
-        codes = load_codes_json(path, checkpoint)
-    else:
-        from imface.fit.scan import fit_scan
-
-        codes = fit_scan(checkpoint, path, resolution=resolution).codes
-    mesh = face_mesh(checkpoint.model, codes, resolution)
-    return codes, mesh
-
-
-def run(args) -> int:
-    from imface.io import load_checkpoint, save_mesh
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    image = None if args.pattern in PATTERNS else load_texture(args.pattern)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    faces = []
-    for name, path in (("a", args.a), ("b", args.b)):
-        codes, mesh = _face(path, checkpoint, args.resolution)
-        template = template_coordinates(checkpoint.model, codes, mesh.vertices)
-        save_mesh(out / f"{name}.ply", mesh.vertices, mesh.faces, paint(template, args.pattern, image))
-        faces.append(template)
-    index, distance = correspondence(faces[0], faces[1])
-    with atomic_output(out / "a_to_b.npy") as tmp:
-        np.save(tmp, index)
-    summary = {"vertices_a": len(faces[0]), "vertices_b": len(faces[1])}
-    summary["median_template_distance_mm"] = float(np.median(distance) * 100)
-    atomic_write_text(out / "mapping.json", json.dumps(summary, indent=2))
-    print(json.dumps(summary))
-    return 0
 
 
 def match_vertex(template_a: np.ndarray, index: int, template_b: np.ndarray) -> int:

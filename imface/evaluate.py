@@ -1,17 +1,15 @@
-"""``python -m imface eval --checkpoint CKPT --corpus CACHE --split test --json OUT``.
+"""The evaluation protocol (``python -m imface eval ... --json OUT``: imface/commands.py).
 
 The metrics of EVALUATION.md on held-out identities, ImFace against a linear PCA 3DMM of the same
 total latent size built from the same training scans: Chamfer (mm), F@1mm, F@2.5mm, normal
 consistency, per expression and overall; correspondence error through template space; expression
-transfer error. Prints a markdown table; writes JSON (and OUT.md next to it).
+transfer error. ``markdown`` makes the table the command prints and writes beside its JSON.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +20,7 @@ from imface.errors import UserError
 from imface.fit.codes import fit_codes
 from imface.fit.refine import refine_to_scan
 from imface.fit.scan import prior_std, starting_codes
-from imface.jobs import Job, Progress, drive, drive_with_tqdm, echo
+from imface.jobs import Job, Progress, drive
 from imface.metrics import (
     LANDMARK_REGIONS,
     compare_meshes,
@@ -31,7 +29,6 @@ from imface.metrics import (
     face_regions,
 )
 from imface.model import Codes
-from imface.paths import atomic_write_text
 
 METRICS = ("chamfer_mm", "fscore_1mm", "fscore_2.5mm", "normal_consistency")
 
@@ -340,65 +337,3 @@ def markdown(summary: dict) -> str:
         t = summary["transfer_chamfer_mm"]
         extra.append(f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm, PCA {t['pca']:.3f} mm.")
     return "\n".join(lines + [""] + extra) + "\n"
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    from imface.io import DEFAULT_CHECKPOINT
-
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--corpus", required=True, help="prepared cache (python -m imface prepare)")
-    parser.add_argument("--split", choices=["test", "train"], default="test")
-    parser.add_argument("--json", required=True, help="output JSON (a .md table is written beside it)")
-    parser.add_argument(
-        "--test-identities",
-        type=float,
-        help="re-split (count or fraction); default: people the model never saw",
-    )
-    parser.add_argument("--identities", type=int, help="evaluate only the first N people of the split")
-    parser.add_argument("--people", help="comma-separated identities of the split to evaluate (default: all)")
-    parser.add_argument("--expressions", help="comma-separated expression labels (default: all)")
-    parser.add_argument("--iterations", type=int, default=150, help="fitting iterations per scan")
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--points", type=int, default=150_000, help="points sampled per surface")
-
-
-def run(args) -> int:
-    from imface.io import load_checkpoint
-    from imface.samples.cache import Corpus
-
-    ckpt = load_checkpoint(args.checkpoint)
-    corpus = Corpus.open(args.corpus)
-    if args.test_identities is not None:
-        train_keys, test_keys = corpus.split(args.test_identities, int(ckpt.meta.get("seed", 0)))
-    else:  # the people the checkpoint was not trained on
-        train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
-    keys = test_keys if args.split == "test" else train_keys
-    if args.people:
-        wanted = {p.strip() for p in args.people.split(",")}
-        keys = [k for k in keys if corpus.record(k)["identity"] in wanted]
-    keys = _subset(corpus, keys, args.identities, args.expressions)
-    if not keys:
-        raise UserError(f"{args.corpus}: no scans in the {args.split} split")
-    cfg = FitConfig(iterations=args.iterations, points_per_step=4096)
-    job = evaluate_job(ckpt, corpus, keys, train_keys, cfg, args.resolution, args.points)
-    summary = drive_with_tqdm(echo(job, lambda p: p.stage == FITTING and p.message))
-    summary.update(checkpoint=str(args.checkpoint), sha256=ckpt.sha256, split=args.split)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=2))
-    table = markdown(summary)
-    atomic_write_text(out.with_suffix(".md"), table)
-    print(table)
-    return 0
-
-
-def _subset(corpus, keys: list[str], identities: int | None, expressions: str | None) -> list[str]:
-    """The scans of the first `identities` people, with the listed expressions only."""
-    if identities:
-        people = sorted({corpus.record(k)["identity"] for k in keys})[:identities]
-        keys = [k for k in keys if corpus.record(k)["identity"] in people]
-    if expressions:
-        wanted = {e.strip() for e in expressions.split(",")}
-        keys = [k for k in keys if corpus.record(k)["expression"] in wanted]
-    return keys

@@ -394,26 +394,3 @@ def save_mesh(
     with atomic_output(path) as tmp:
         mesh.export(str(tmp), file_type=path.suffix[1:].lower())
     return path
-
-
-# -- CLI: python -m imface info CKPT ------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT), help="checkpoint file")
-
-
-def run(args) -> int:
-    from imface.model import parameter_count
-
-    ckpt = load_checkpoint(args.checkpoint)
-    summary = {
-        "path": str(ckpt.path),
-        "sha256": ckpt.sha256,
-        "parameters": parameter_count(ckpt.model),
-        "config": ckpt.config.to_dict(),
-        "identities": ckpt.codes.z_id.shape[0],
-        "expression_codes": ckpt.codes.z_exp.shape[0],
-        "detail_codes": 0 if ckpt.codes.z_detail is None else ckpt.codes.z_detail.shape[0],
-        "meta": ckpt.meta,
-    }
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -3,6 +3,7 @@
 anny_head       Anny head model wrapper: identities, expressions, model-frame axes
 anny_landmarks  derivation of the 68 landmark vertices on the Anny topology (run once)
 detail          procedural wrinkles, folds and skin relief (synthetic)
-synth           ``imface synth``: the FaceScape-like synthetic corpus
+synth           the FaceScape-like synthetic corpus
 facescape       find scans in a synthetic, FaceScape TU or plain folder
+cli             ``imface synth``
 """

@@ -1,13 +1,14 @@
-"""``python -m imface prepare SRC --out CACHE``: align, crop and sample every scan into the cache.
+"""Align, crop and sample every scan into the cache (``python -m imface prepare SRC --out CACHE``:
+imface/samples/cli.py).
 
 SRC is a synthetic corpus (``imface synth``), a FaceScape TU folder (``--landmarks
 landmark_indices.npz`` for landmark alignment; automatic alignment otherwise), or any folder of
-scans (automatic alignment). Scans run in parallel (``--workers``) with a progress bar; finished
-scans are skipped on a re-run; each scan's folder appears atomically when complete.
+scans (automatic alignment). Scans run in parallel (``workers``), with a progress bar
+(``prepare``) or as a job (``prepare_job``); finished scans are skipped on a re-run; each scan's
+folder appears atomically when complete.
 
-Every folder it writes or deletes lies inside --out: scan keys are safe names (``corpus.facescape``)
-and every path is checked again with ``imface.paths.confined``. A run in which any scan fails
-lists every failure and exits 1.
+Every folder it writes or deletes lies inside the cache: scan keys are safe names
+(``corpus.facescape``) and every path is checked again with ``imface.paths.confined``.
 """
 
 from __future__ import annotations
@@ -23,47 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from imface.config import BLEND_LANDMARK_IBUG68
-from imface.corpus.facescape import ScanSource, find_scans
+from imface.corpus.facescape import ScanSource
 from imface.errors import MeshError, UserError
 from imface.jobs import Job, Progress, drive_with_tqdm
 from imface.paths import atomic_output, confined
 from imface.samples.cache import INDEX, check_record, write_index
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("src", help="synthetic corpus, FaceScape TU folder, or folder of scans")
-    parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--surface", type=int, default=250_000, help="surface points per scan (paper: 250k)")
-    parser.add_argument(
-        "--space", type=int, default=15_000, help="points in the unit sphere per scan (paper: 15k)"
-    )
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="processes")
-    parser.add_argument("--landmarks", help="FaceScape landmark_indices.npz (key v10)")
-    parser.add_argument(
-        "--unit",
-        choices=("m", "cm", "mm"),
-        help="unit of the scans (default: from the corpus, or guessed from each scan's size)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the SDF samples")
-    parser.add_argument("--limit", type=int, help="prepare only the first N scans")
-
-
-def run(args) -> int:
-    problems: list[tuple[str, str]] = []
-    kind, sources = find_scans(args.src, args.landmarks, problems)
-    if args.limit:
-        sources = sources[: args.limit]
-    records, failed = prepare(
-        sources, Path(args.out), args.surface, args.space, args.workers, args.seed, args.unit, kind
-    )
-    failed = problems + failed
-    print(
-        f"{len(records)} scans ready in {args.out} ({kind} source)"
-        + (f"; {len(failed)} failed:" if failed else "")
-    )
-    for key, msg in failed:
-        print(f"  {key}: {msg}", file=sys.stderr)
-    return 0 if records and not failed else 1
 
 
 def prepare(sources: list[ScanSource], out: Path, *args, progress: bool = True, **kwargs):
