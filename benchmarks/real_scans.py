@@ -35,7 +35,7 @@ from imface.config import FitConfig  # noqa: E402
 from imface.errors import UserError  # noqa: E402
 from imface.evaluate import pca_baseline  # noqa: E402
 from imface.fit.refine import refine_to_scan  # noqa: E402
-from imface.fit.samples import scan_samples  # noqa: E402
+from imface.fit.samples import scan_samples, scan_truth  # noqa: E402
 from imface.fit.scan import fit_scan, surface_scores  # noqa: E402
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
 from imface.samples.cache import Corpus  # noqa: E402
@@ -95,12 +95,13 @@ def pca_side_by_side(pca, scan: Scan, alignment) -> dict:
     """The PCA 3DMM fitted to the same samples after the same alignment, scored the same way,
     without and with the same detail stage."""
     samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
+    truth = scan_truth(alignment.to_model(scan.vertices), scan.faces)
     points, normals = (samples[k].numpy() for k in ("surface_points", "surface_normals"))
     coefficients = pca.fit(points)
     vertices = pca.vertices(torch.from_numpy(coefficients)).detach().numpy().astype(np.float64)
-    plain = surface_scores(vertices, pca.faces, samples)
+    plain = surface_scores(vertices, pca.faces, truth)
     detail = refine_to_scan(vertices, pca.faces, points, normals)
-    refined = surface_scores(detail.apply(vertices), pca.faces, samples)
+    refined = surface_scores(detail.apply(vertices), pca.faces, truth)
     return {**_scores(refined), "codes_only": _scores(plain)}
 
 

@@ -15,7 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from imface.config import FitConfig
-from imface.errors import UserError
+from imface.errors import MeshError, UserError
 from imface.fit.codes import FITTING, fit_codes_job
 from imface.fit.refine import DetailMap, refine_to_scan
 from imface.jobs import Job, Progress, drive
@@ -75,7 +75,7 @@ def fit_scan_job(
     """
     from imface.correspond import template_coordinates
     from imface.extract import face_mesh
-    from imface.fit.samples import scan_samples
+    from imface.fit.samples import scan_samples, scan_truth
     from imface.scan.align import align_scan
     from imface.scan.load import load_scan, parse_unit
 
@@ -110,8 +110,13 @@ def fit_scan_job(
     mesh = face_mesh(checkpoint.model, fit.codes, resolution)
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
     vertices, detail_map = mesh.vertices, None
+    scoring = time.perf_counter()
+    truth = scan_truth(alignment.to_model(scan.vertices), scan.faces)
+    score_seconds = time.perf_counter() - scoring
     if cfg.detail_stage:
-        report["codes_only"] = surface_scores(mesh.vertices, mesh.faces, samples)
+        scoring = time.perf_counter()
+        report["codes_only"] = surface_scores(mesh.vertices, mesh.faces, truth)
+        score_seconds += time.perf_counter() - scoring
         refining = time.perf_counter()
         yield Progress("Fitting the detail", 0, None, f"{len(mesh.vertices)} vertices")
         points, normals = (samples[k].cpu().numpy() for k in ("surface_points", "surface_normals"))
@@ -120,7 +125,9 @@ def fit_scan_job(
         template = template_coordinates(checkpoint.model, fit.codes, mesh.vertices)
         detail_map = DetailMap(template, detail.offsets, Path(where).name if where else "")
         report.update(detail.summary(), detail_seconds=round(time.perf_counter() - refining, 2))
-    report.update(surface_scores(vertices, mesh.faces, samples))
+    scoring = time.perf_counter()
+    report.update(surface_scores(vertices, mesh.faces, truth))
+    report["score_seconds"] = round(score_seconds + time.perf_counter() - scoring, 2)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return FitResult(fit.codes, alignment.to_scan(vertices), mesh.faces, alignment, report, detail_map)
 
@@ -207,21 +214,28 @@ def _report(fit, distances, alignment, started) -> dict:
     }
 
 
-def surface_scores(vertices, faces, samples) -> dict:
-    """Chamfer and F-scores against the scan in the model frame (mm), inside the protocol's
-    region: the 100 mm sphere the scan was cropped to (the extraction cube's corners lie
-    outside it). A real scan often covers less than that sphere (cut at the hairline, the
-    cheeks), and the fitted surface beyond its edge has nothing to be compared with, so
-    `"on_scan"` scores the fitted surface again inside the scan's footprint only: the
-    points whose front view (x, y of the model frame) falls within 3 mm of the scan's own."""
-    from imface.metrics import SurfaceSample, compare_samples, sample_in_region
+def surface_scores(vertices, faces, target) -> dict:
+    """Chamfer and F-scores against the scan (`target`: `scan_truth`'s protocol-density sample
+    of its front-visible surface) in the model frame (mm), inside the protocol's region: the
+    100 mm sphere the scan was cropped to (the extraction cube's corners lie outside it). A real
+    scan often covers less than that sphere (cut at the hairline, the cheeks), and the fitted
+    surface beyond its edge has nothing to be compared with, so `"on_scan"` scores the fitted
+    surface again as the scan was taken: its front-visible part (the same hidden-surface removal
+    as the scan's; no under-chin or nostril walls a front scan cannot show) whose front view
+    (x, y of the model frame) falls within 3 mm of the scan's own."""
+    from imface.metrics import PROTOCOL_POINTS, SurfaceSample, compare_samples, sample_in_region
+    from imface.samples.preprocess import _submesh, visible_faces
 
-    fitted = sample_in_region(vertices, faces, 50_000, np.zeros(3), 1.0)
-    target = SurfaceSample(*(samples[k].cpu().numpy() for k in ("surface_points", "surface_normals")))
+    fitted = sample_in_region(vertices, faces, PROTOCOL_POINTS, np.zeros(3), 1.0)
     scores = compare_samples(fitted, target)
-    inside = cKDTree(target.points[:, :2]).query(fitted.points[:, :2])[0] < FOOTPRINT_MM / MM_PER_UNIT
+    try:
+        shown = _submesh(np.asarray(vertices, np.float64), np.asarray(faces)[visible_faces(vertices, faces)])
+    except MeshError:
+        return scores
+    front = sample_in_region(*shown, PROTOCOL_POINTS, np.zeros(3), 1.0)
+    inside = cKDTree(target.points[:, :2]).query(front.points[:, :2])[0] < FOOTPRINT_MM / MM_PER_UNIT
     if inside.any():
-        covered = SurfaceSample(fitted.points[inside], fitted.normals[inside])
+        covered = SurfaceSample(front.points[inside], front.normals[inside])
         scores["on_scan"] = compare_samples(covered, target) | {"fitted_percent": float(100 * inside.mean())}
     return scores
 
