@@ -4,6 +4,7 @@ their JSON log lines plotted as they come; stopping ends the child process hard.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,7 @@ class TrainingProcess(QObject):
         proc.readyReadStandardOutput.connect(self._read)
         proc.finished.connect(self._finished)
         proc.errorOccurred.connect(self._error)
+        proc.started.connect(lambda: _lower_priority(proc.processId()))
         self.proc = proc
         self.text.emit(f"$ python -m imface {' '.join(args)}")
         proc.start(self.python, ["-m", "imface", *args])
@@ -199,3 +201,13 @@ class TrainingProcess(QObject):
             key=lambda p: p.stat().st_mtime,
         )
         return found[-1] if found else None
+
+
+def _lower_priority(pid: int) -> None:
+    """Training shares the CPU with the editor's own jobs (fits) at the same nice, below the GUI."""
+    from app.workers import JOB_NICE
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, JOB_NICE)
+    except (AttributeError, OSError):  # not on this platform, or the process already ended
+        pass

@@ -50,10 +50,6 @@ class MainWindow(QMainWindow):
         self.confirm_close = None  # tests: callable -> bool replaces the close question
         self.view_mode = "face"
         self.mesh_stage = ""  # what the face on screen is: coarse, fine, preview, morph, kept
-        # a timer, not a posted call: the render then runs in its own event-loop pass, after the
-        # input and the work that asked for it (one pass holding both stalled the GUI ~60 ms)
-        self._render_timer = QTimer(self, singleShot=True, interval=1)
-        self._render_timer.timeout.connect(self._render_now)
         self._closed = False
         self.warmed = False  # one-time imports for fits, done once the first face is on screen
 
@@ -320,12 +316,8 @@ class MainWindow(QMainWindow):
             self.warmed = True
 
     def schedule_render(self):
-        if not self._render_timer.isActive():
-            self._render_timer.start()
-
-    def _render_now(self):
         if not self._closed:
-            self.viewport.render()
+            self.viewport.render()  # coalesced: one frame, in an event-loop pass of its own
 
     def set_quality(self, name: str, menu=None):
         self.pipeline.set_quality(name)

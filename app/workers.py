@@ -34,8 +34,15 @@ from imface.session import (
 PROGRESS_INTERVAL = 0.05  # s: at most 20 progress signals a second reach the GUI thread
 
 
-def lower_thread_priority(nice: int = 5):
-    """Background threads yield the CPU to the GUI thread (Linux: per-thread nice)."""
+JOB_NICE = 10  # a long job (fit, export) yields the CPU to the GUI while it draws
+MESH_NICE = 2  # the live morph: a drag waits for it
+
+
+def lower_thread_priority(nice: int = JOB_NICE):
+    """Background threads yield the CPU to the GUI thread and the software rasteriser's threads
+    (Linux: per-thread nice; torch's pool threads started by this thread inherit it). At nice 5
+    a fit's two torch threads still took half the CPU from the frame being drawn (37 ms wall for
+    10 ms of the GUI thread's own CPU); at 15 a fit starved beside a training process."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):
@@ -201,7 +208,7 @@ class MeshPipeline(QObject):
         self._thread.join(5)
 
     def _loop(self):
-        lower_thread_priority(2)
+        lower_thread_priority(MESH_NICE)
         while not self._stop.is_set():
             item = self._box.wait(0.5)
             if item is None:
