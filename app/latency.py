@@ -17,6 +17,7 @@ class LatencyProbe(QObject):
         self.max_gap_ms = 0.0
         self.ticks = 0
         self.gaps: list[float] = []
+        self.worst: tuple[float, float] = (0.0, 0.0)  # perf_counter span of the longest gap
         self._last = None
 
     def start(self):
@@ -32,7 +33,8 @@ class LatencyProbe(QObject):
         self._last = now
         self.ticks += 1
         self.gaps.append(gap)
-        self.max_gap_ms = max(self.max_gap_ms, gap)
+        if gap > self.max_gap_ms:
+            self.max_gap_ms, self.worst = gap, (now - gap / 1000, now)
 
     def percentile(self, q: float) -> float:
         import numpy as np

@@ -5,6 +5,7 @@ bar with a progress bar and Cancel. The work behind the panels lives in controll
 from __future__ import annotations
 
 import numpy as np
+from PyQt6 import sip
 from PyQt6.QtCore import QSettings, Qt, QTimer
 from PyQt6.QtGui import QAction, QKeySequence
 from PyQt6.QtWidgets import (
@@ -255,7 +256,8 @@ class MainWindow(QMainWindow):
         self.set_status("Cancelling...")
 
     def _update_title(self):
-        if self._closed:
+        # at interpreter exit with the window still open, the stack is deleted first and says so
+        if self._closed or sip.isdeleted(self.doc.undo_stack):
             return
         dirty = "" if self.doc.undo_stack.isClean() else " *"
         self.setWindowTitle(f"ImFace editor - {self.doc.face_model.label}{dirty}")

@@ -165,3 +165,35 @@ def tiny_session(model: ImFace, identities: int = 4, seed: int = 0):
         expression_identity=[i // 2 for i in range(len(labels))],
     )
     return Session.from_model(model, codes, sha256=f"tiny-{seed}")
+
+
+def non_faces() -> dict:
+    """Head-sized non-faces (trimesh meshes, mm): smooth ones that hug a face's cheeks, edged ones with a
+    nose-like corner, and random blobs and a hand."""
+    import trimesh
+
+    rng = np.random.default_rng(0)
+    ball = trimesh.creation.icosphere(4, radius=100)
+    n = ball.vertex_normals
+    bumps = sum(
+        rng.normal() * 15 * np.sin(n @ rng.normal(size=3) * rng.uniform(1, 3) + rng.uniform(0, 6))
+        for _ in range(6)
+    )
+    hand = [trimesh.creation.box([90, 100, 30])]
+    for i, x in enumerate([-33, -11, 11, 33]):
+        finger = trimesh.creation.capsule(70 + 10 * (i % 2), 9)
+        finger.apply_translation([x, 100, 0])
+        hand.append(finger)
+    thumb = trimesh.creation.capsule(55, 11)
+    thumb.apply_transform(trimesh.transformations.rotation_matrix(1.0, [0, 0, 1]))
+    thumb.apply_translation([-60, 10, 5])
+    hand.append(thumb)
+    return {
+        "sphere": ball,
+        "cube": trimesh.creation.box([200] * 3).subdivide().subdivide().subdivide().subdivide(),
+        "torus": trimesh.creation.torus(100, 35),
+        "ellipsoid": trimesh.Trimesh(ball.vertices * [0.8, 1.1, 0.95], ball.faces),
+        "cylinder": trimesh.creation.cylinder(80, 200, sections=64).subdivide().subdivide(),
+        "blob": trimesh.Trimesh(ball.vertices + n * bumps[:, None], ball.faces),
+        "hand": trimesh.util.concatenate(hand),
+    }

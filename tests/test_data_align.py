@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 from scipy.spatial.transform import Rotation
 
 from imface.errors import MeshError
 from imface.scan.align import Alignment, align_from_landmarks, align_scan
 from imface.scan.load import load_scan
 from imface.scan.template import template
+from imface.testing import non_faces
 from tests.data_fixtures import load_synth, model_frame, synth_corpus  # noqa: F401
 
 UNIT_PER_MM = {"m": 1e-3, "cm": 0.1, "mm": 1.0}
@@ -103,36 +103,6 @@ def test_manual_landmarks_recover_a_similarity():
     assert np.isclose(al.scale, 1 / 37.0)
     with pytest.raises(MeshError, match="collinear"):
         align_from_landmarks(np.outer(np.arange(5), [1.0, 2.0, 3.0]))
-
-
-def non_faces() -> dict[str, trimesh.Trimesh]:
-    """Head-sized non-faces (mm): smooth ones that hug a face's cheeks, edged ones with a
-    nose-like corner, and random blobs and a hand."""
-    rng = np.random.default_rng(0)
-    ball = trimesh.creation.icosphere(4, radius=100)
-    n = ball.vertex_normals
-    bumps = sum(
-        rng.normal() * 15 * np.sin(n @ rng.normal(size=3) * rng.uniform(1, 3) + rng.uniform(0, 6))
-        for _ in range(6)
-    )
-    hand = [trimesh.creation.box([90, 100, 30])]
-    for i, x in enumerate([-33, -11, 11, 33]):
-        finger = trimesh.creation.capsule(70 + 10 * (i % 2), 9)
-        finger.apply_translation([x, 100, 0])
-        hand.append(finger)
-    thumb = trimesh.creation.capsule(55, 11)
-    thumb.apply_transform(trimesh.transformations.rotation_matrix(1.0, [0, 0, 1]))
-    thumb.apply_translation([-60, 10, 5])
-    hand.append(thumb)
-    return {
-        "sphere": ball,
-        "cube": trimesh.creation.box([200] * 3).subdivide().subdivide().subdivide().subdivide(),
-        "torus": trimesh.creation.torus(100, 35),
-        "ellipsoid": trimesh.Trimesh(ball.vertices * [0.8, 1.1, 0.95], ball.faces),
-        "cylinder": trimesh.creation.cylinder(80, 200, sections=64).subdivide().subdivide(),
-        "blob": trimesh.Trimesh(ball.vertices + n * bumps[:, None], ball.faces),
-        "hand": trimesh.util.concatenate(hand),
-    }
 
 
 @pytest.mark.parametrize("shape", list(non_faces()))
@@ -242,3 +212,20 @@ def test_three_million_vertices_load_and_align(tmp_path, synth_corpus):  # noqa:
     al = align_scan(scan.vertices, scan.faces, path=str(path))
     assert scan.unit == "m" and abs(al.scale - 10.0) < 1e-6
     assert np.linalg.norm(al.to_model([0, 0, 0.04]) - [0, 0, 0.4]) < 0.02  # nose tip within 2 mm
+
+
+def test_face_evidence_weighs_the_figures_together():
+    """An unusual face short on one figure (a long nose; a round, wide face) is still a face
+    when the others are far inside; a smooth non-face that hugs the cheeks has no nose. Figures
+    measured on wide-population adults and the non-face corpus (benchmarks/face_evidence.py)."""
+    from imface.scan.align import FaceEvidence
+
+    long_nose = FaceEvidence(residual_mm=1.94, inlier_fraction=0.966, nose_fraction=0.502)
+    wide_face = FaceEvidence(residual_mm=5.02, inlier_fraction=0.56, nose_fraction=0.857)
+    ellipsoid = FaceEvidence(residual_mm=3.59, inlier_fraction=0.76, nose_fraction=0.282)
+    blob = FaceEvidence(residual_mm=4.07, inlier_fraction=0.67, nose_fraction=0.355)
+    assert long_nose.is_face and wide_face.is_face
+    assert not ellipsoid.is_face and not blob.is_face
+    assert not FaceEvidence(residual_mm=1.0, inlier_fraction=0.45, nose_fraction=1.0).is_face
+    free = FaceEvidence(residual_mm=1.94, inlier_fraction=0.966, nose_fraction=0.502, free_scale=True)
+    assert not free.is_face  # a free scale is one more freedom to look like a face: stricter

@@ -75,7 +75,7 @@ def fit_scan_job(
     """
     from imface.correspond import template_coordinates
     from imface.extract import face_mesh
-    from imface.fit.samples import scan_samples, scan_truth
+    from imface.fit.samples import scan_samples, scan_truth, visible_surface
     from imface.scan.align import align_scan
     from imface.scan.load import load_scan, parse_unit
 
@@ -90,7 +90,8 @@ def fit_scan_job(
         alignment = align_scan(scan.vertices, scan.faces, unit=unit, path=where, landmarks=landmarks)
     aligned = time.perf_counter()
     yield Progress("Sampling scan", 0, None, f"{len(scan.vertices)} points")
-    samples = scan_samples(alignment.to_model(scan.vertices), scan.faces)
+    surface = visible_surface(alignment.to_model(scan.vertices), scan.faces)
+    samples = scan_samples(None, None, surface)
     sampled = time.perf_counter()
     fit, distances = yield from _fit_with_restarts(checkpoint, samples, cfg, preview_every, alignment)
     report = _report(fit, distances, alignment, started)
@@ -111,7 +112,7 @@ def fit_scan_job(
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
     vertices, detail_map = mesh.vertices, None
     scoring = time.perf_counter()
-    truth = scan_truth(alignment.to_model(scan.vertices), scan.faces)
+    truth = scan_truth(None, None, surface=surface)
     score_seconds = time.perf_counter() - scoring
     if cfg.detail_stage:
         scoring = time.perf_counter()
