@@ -91,9 +91,14 @@ def _vertical_ray_hits(vertices, faces, eps):
     casting along +z, without needing embree.)
     """
     tri = vertices[faces]
+    top = tri[:, :, 2].max(1)
     hit = np.zeros(len(vertices), dtype=bool)
     for v_ids, t_ids in _candidate_pairs(tri, vertices[:, :2]):
-        own = (faces[t_ids] == v_ids[:, None]).any(1)  # a vertex never occludes itself
+        # a triangle wholly below the vertex cannot occlude it (about half the pairs on a face),
+        # and a vertex never occludes itself
+        keep = top[t_ids] > vertices[v_ids, 2] + eps
+        v_ids, t_ids = v_ids[keep], t_ids[keep]
+        own = (faces[t_ids] == v_ids[:, None]).any(1)
         v_ids, t_ids = v_ids[~own], t_ids[~own]
         z = _height_in_triangle(tri[t_ids], vertices[v_ids, :2])
         hit[v_ids[np.isfinite(z) & (z > vertices[v_ids, 2] + eps)]] = True
