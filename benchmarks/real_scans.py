@@ -35,7 +35,7 @@ from imface.config import FitConfig  # noqa: E402
 from imface.errors import UserError  # noqa: E402
 from imface.evaluate import pca_baseline  # noqa: E402
 from imface.fit.refine import refine_to_scan  # noqa: E402
-from imface.fit.samples import scan_samples, scan_truth, visible_surface  # noqa: E402
+from imface.fit.samples import surface_samples, surface_truth, visible_surface  # noqa: E402
 from imface.fit.scan import fit_scan, surface_scores  # noqa: E402
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
 from imface.samples.cache import Corpus  # noqa: E402
@@ -97,7 +97,7 @@ def pca_side_by_side(pca, scan: Scan, alignment) -> dict:
     """The PCA 3DMM fitted to the same samples after the same alignment, scored the same way,
     without and with the same detail stage."""
     surface = visible_surface(alignment.to_model(scan.vertices), scan.faces)
-    samples, truth = scan_samples(None, None, surface), scan_truth(None, None, surface=surface)
+    samples, truth = surface_samples(surface), surface_truth(surface)
     points, normals = (samples[k].numpy() for k in ("surface_points", "surface_normals"))
     coefficients = pca.fit(points)
     vertices = pca.vertices(torch.from_numpy(coefficients)).detach().numpy().astype(np.float64)

@@ -34,13 +34,17 @@ MAX_PER_TRIANGLE = 1 << 20  # sample keys: triangle key * this + the sample's nu
 MIN_CLOUD_POINTS = 1_000
 
 
-def scan_samples(vertices_model, faces, surface=None) -> dict[str, torch.Tensor]:
+def scan_samples(vertices_model, faces) -> dict[str, torch.Tensor]:
     """Surface points/normals (keyed per triangle) and space points/SDF of a scan in the model frame,
-    with a per-sample hash in [0, 1) that fixes the minibatches. `surface`: its
-    `visible_surface`, when already known."""
+    with a per-sample hash in [0, 1) that fixes the minibatches."""
+    return surface_samples(visible_surface(vertices_model, faces))
+
+
+def surface_samples(surface) -> dict[str, torch.Tensor]:
+    """`scan_samples` of a scan's `visible_surface`."""
     from imface.samples.preprocess import delaunay_sheet, sheet_sdf, uniform_ball
 
-    v, f, kept = surface or visible_surface(vertices_model, faces)
+    v, f, kept = surface
     points, fidx, keys = keyed_surface_samples(v, f, kept, SURFACE)
     tri = v[f[fidx]]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -75,11 +79,16 @@ def visible_surface(vertices_model, faces) -> tuple[np.ndarray, np.ndarray, np.n
     return v, f, kept
 
 
-def scan_truth(vertices_model, faces, count: int = PROTOCOL_POINTS, surface=None) -> SurfaceSample:
+def scan_truth(vertices_model, faces, count: int = PROTOCOL_POINTS) -> SurfaceSample:
     """The scan as the scores see it: `count` area-uniform points of its visible surface inside
     the region (the protocol's 150 k; the fit's 30 k samples would put a ~0.2 mm floor of
-    sampling distance under every Chamfer). `surface`: its `visible_surface`, when known."""
-    v, f, _ = surface or visible_surface(vertices_model, faces)
+    sampling distance under every Chamfer)."""
+    return surface_truth(visible_surface(vertices_model, faces), count)
+
+
+def surface_truth(surface, count: int = PROTOCOL_POINTS) -> SurfaceSample:
+    """`scan_truth` of a scan's `visible_surface`."""
+    v, f, _ = surface
     return sample_in_region(v, f, count, np.zeros(3), 1.0)
 
 

@@ -75,7 +75,7 @@ def fit_scan_job(
     """
     from imface.correspond import template_coordinates
     from imface.extract import face_mesh
-    from imface.fit.samples import scan_samples, scan_truth, visible_surface
+    from imface.fit.samples import surface_samples, surface_truth, visible_surface
     from imface.scan.align import align_scan
     from imface.scan.load import load_scan, parse_unit
 
@@ -91,7 +91,7 @@ def fit_scan_job(
     aligned = time.perf_counter()
     yield Progress("Sampling scan", 0, None, f"{len(scan.vertices)} points")
     surface = visible_surface(alignment.to_model(scan.vertices), scan.faces)
-    samples = scan_samples(None, None, surface)
+    samples = surface_samples(surface)
     sampled = time.perf_counter()
     fit, distances = yield from _fit_with_restarts(checkpoint, samples, cfg, preview_every, alignment)
     report = _report(fit, distances, alignment, started)
@@ -112,7 +112,7 @@ def fit_scan_job(
     report["extract_seconds"] = round(time.perf_counter() - extracting, 2)
     vertices, detail_map = mesh.vertices, None
     scoring = time.perf_counter()
-    truth = scan_truth(None, None, surface=surface)
+    truth = surface_truth(surface)
     score_seconds = time.perf_counter() - scoring
     if cfg.detail_stage:
         scoring = time.perf_counter()
