@@ -307,7 +307,10 @@ class Viewport(QObject):
     def _check_renderer(self):
         """On a software OpenGL (Mesa llvmpipe/softpipe, SwiftShader: no GPU, e.g. under Xvfb)
         4x multisampling makes every frame ~3x slower (40 vs 14 ms for a 15 k-vertex face in a
-        550x720 view on 2 cores), which a slider drag feels; drop it there, keep it on a GPU."""
+        550x720 view on 2 cores), which a slider drag feels; drop it there, keep it on a GPU.
+        The same goes for order-independent transparency: its extra full-window passes made a
+        frame of the translucent fitted face over a 15 k-vertex scan 56 instead of 40 ms (1100x900
+        view), the largest GUI stall of a fit; one translucent surface blends well enough without."""
         if self._renderer_checked:
             return
         self._renderer_checked = True
@@ -319,6 +322,8 @@ class Viewport(QObject):
             return
         if software_opengl(capabilities):
             window.SetMultiSamples(0)
+            for renderer in self.plotter.renderers:
+                renderer.SetUseOIT(False)
 
     def screenshot(self, path: str | None = None, scale: int = 1):
         if self.plotter is None:

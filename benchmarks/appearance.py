@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe as describe_machine
 from skimage.metrics import structural_similarity
 
 from imface.appearance.projection import project_colours, render_vertex_colours, transfer_by_template
@@ -140,7 +140,7 @@ def main() -> None:
     expression = json.loads((work / "codes_expression.json").read_text())
     result = {
         "benchmark": "appearance",
-        "machine": f"{platform.machine()} {os.cpu_count()} threads, CPU only",
+        "machine": describe_machine(),
         "load_average_at_start": round(os.getloadavg()[0], 2),
         "data": f"synthetic: {args.views} train views, {len(test)} held-out views, {len(expr)} views of the "
         f"held-out expression {expression['expression']}, {args.size}x{args.size}, seed {args.seed}",

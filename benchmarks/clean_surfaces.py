@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from machine import describe as describe_machine
 
 from imface.extract import extract_narrow_band, face_sdf
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
@@ -72,7 +72,7 @@ def main() -> None:
                 "benchmark": "clean_surfaces",
                 "checkpoint": str(args.checkpoint),
                 "sha256": ckpt.sha256[:12],
-                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                "machine": describe_machine(),
                 "resolution": args.resolution,
                 "identities": args.identities,
                 "expressions": len(expressions),

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe as describe_machine
 from scipy.spatial import cKDTree
 
 from imface.config import FitConfig
@@ -184,7 +184,7 @@ def main() -> None:
         "benchmark": "diagnose_floors",
         "checkpoint": Path(args.checkpoint).name,
         "sha256": ckpt.sha256[:12],
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "machine": describe_machine(),
         "codes": rows,
         "held_out_codes": held_out,
         "correspondence": pairs,

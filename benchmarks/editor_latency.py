@@ -20,12 +20,12 @@ LAUNCHED = time.perf_counter()  # before Qt and torch are imported: what a user 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from machine import describe as describe_machine  # noqa: E402
 
 SCAN_VERTICES = 51_000
 
@@ -183,7 +183,7 @@ def run(argv: list[str] | None = None) -> dict:
     first = wait_for(lambda: w.doc.mesh is not None, 120)
     result: dict = {
         "benchmark": "editor_latency",
-        "machine": f"{platform.machine()} cpu x{os.cpu_count()} threads",
+        "machine": describe_machine(),
         "load_average_at_start": round(os.getloadavg()[0], 2),
         "model": str(session.path.name),
         "quality": w.pipeline.quality,

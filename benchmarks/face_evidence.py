@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe as describe_machine
 
 from imface.corpus import synth
 from imface.scan.align import FaceEvidence, align_scan
@@ -61,7 +61,7 @@ def main() -> None:
     faces, others = rows["faces"].values(), rows["non_faces"].values()
     result = {
         "benchmark": "face_evidence",
-        "machine": f"{platform.machine()} {platform.processor() or 'cpu'}",
+        "machine": describe_machine(),
         "identities": args.identities,
         "seed": args.seed,
         "faces_accepted": f"{sum(r['accepted'] for r in faces)}/{len(faces)}",

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import trimesh
+from machine import describe as describe_machine
 from scipy.spatial.transform import Rotation
 
 from imface.config import FitConfig
@@ -86,7 +85,7 @@ def main() -> None:
     fitted = [r for r in rows if "failed" not in r]
     summary = {
         "benchmark": "fit",
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "machine": describe_machine(),
         "device": "cpu",
         "checkpoint": ckpt.sha256[:12],
         "iterations": args.iterations,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from machine import describe as describe_machine
 
 from imface.config import ModelConfig
 from imface.model import Codes, ImFace, parameter_count, spatial_gradient
@@ -74,7 +74,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     result = {
         "benchmark": "forward",
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "machine": describe_machine(),
         "points": args.points,
         "scans": args.scans,
     }

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
+
+from machine import describe as describe_machine
 
 from imface.units import MM_PER_UNIT
 
@@ -63,7 +64,7 @@ def main() -> None:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     result = {
         "benchmark": "learning_curve_training_losses",
-        "machine": f"{platform.machine()} CPU",
+        "machine": describe_machine(),
         "steps": records[-1]["step"] if records else 0,
         "curve": curve(records, weights, args.every),
     }

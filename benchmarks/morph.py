@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import describe as describe_machine
 
 from imface.config import ModelConfig
 from imface.extract import MorphEngine, extract_dense, extract_narrow_band, face_sdf
@@ -130,7 +130,7 @@ def main() -> None:
         "benchmark": "morph",
         "model": source,
         "params": sum(p.numel() for p in model.parameters()),
-        "machine": f"{platform.machine()} cpu x{args.threads} threads, torch {torch.__version__}",
+        "machine": describe_machine(),
         "device": "cpu",
         "model_setup_ms": round(train_ms),
         "resolution": res,

@@ -21,13 +21,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import describe as describe_machine  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
@@ -225,7 +225,7 @@ def write_report(args, results: dict, per_scan: list, final: bool) -> None:
     report = {
         "benchmark": "real_scans",
         "complete": final,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "machine": describe_machine(),
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "checkpoint": Path(args.checkpoint).name,
         "iterations": args.iterations,

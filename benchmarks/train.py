@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from machine import describe as describe_machine
 
 
 def _run(cmd: list[str], threads: int, out: Path) -> float:
@@ -45,7 +45,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     common = ["--corpus", args.corpus, "--preset", args.preset, "--max-steps", str(args.steps)]
     common += ["--checkpoint-every", str(10**9), "--device", args.device, "--log-every", "1"]
-    result = {"benchmark": "train", "machine": f"{platform.machine()} {cores} cores", "device": args.device}
+    result = {"benchmark": "train", "machine": describe_machine(), "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         single = Path(tmp) / "single"
         cmd = [sys.executable, "-m", "imface", "train", "--out", str(single), *common]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import describe as describe_machine
 
 from imface.config import ModelConfig, TrainConfig
 from imface.train import losses
@@ -76,7 +76,7 @@ def main() -> None:
     points = cfg.scans_per_batch * cfg.points_per_scan
     report = {
         "benchmark": "train_step_profile",
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "machine": describe_machine(),
         "scans_per_batch": cfg.scans_per_batch,
         "points_per_scan": cfg.points_per_scan,
         "correspondence_points": cfg.correspondence_points,

@@ -10,8 +10,9 @@ import torch
 from imface.config import FitConfig
 from imface.correspond import correspondence, paint, template_coordinates
 from imface.extract import extract_narrow_band, face_sdf
-from imface.fit.codes import fit_codes, fit_codes_job
+from imface.fit.codes import CodeProblem, fit_codes, fit_codes_job, fit_many_codes_job
 from imface.generate import build_rig, write_glb_with_morph_targets
+from imface.jobs import drive
 from imface.metrics import compare_meshes
 from imface.model import Codes
 from imface.testing import sample_codes
@@ -64,6 +65,29 @@ def test_fit_with_a_known_identity_moves_only_the_expression(face_model):
     assert torch.equal(fit.codes.z_id[0], known)
     assert not torch.equal(fit.codes.z_exp[0], start)
     assert fit.history[-1] < fit.history[0]
+
+
+def test_scans_fitted_together_get_the_codes_they_get_alone(face_model):
+    """fit DIR batches scans: each row keeps its own samples and loss (one scan's hashed,
+    ragged batches beside another's random ones), so nothing leaks between the scans."""
+    problems = []
+    for seed, surface in ((11, 4000), (12, 2500)):
+        _, samples = sdf_samples(
+            face_model, sample_codes(face_model.config, seed=seed, std=0.3), surface, seed=seed
+        )
+        problems.append(CodeProblem(samples))
+    gen = torch.Generator().manual_seed(0)
+    problems[1].samples["surface_hash"] = torch.rand(2500, generator=gen)
+    problems[1].samples["space_hash"] = torch.rand(2000, generator=gen)
+    cfg = FitConfig(iterations=25, lr=3e-2, points_per_step=1024, restarts=2, embedding_weight=0.0)
+    together = drive(fit_many_codes_job(face_model, problems, cfg, spread=(0.1, 0.1)))
+    for problem, fit in zip(problems, together, strict=True):
+        alone = fit_codes(face_model, problem.samples, cfg, spread=(0.1, 0.1))
+        assert torch.allclose(fit.codes.z_id, alone.codes.z_id, atol=1e-4)
+        assert torch.allclose(fit.codes.z_exp, alone.codes.z_exp, atol=1e-4)
+        assert fit.history[-1] == pytest.approx(alone.history[-1], rel=1e-4)
+        assert fit.history[-1] < fit.history[0]
+    assert not torch.allclose(together[0].codes.z_id, together[1].codes.z_id, atol=1e-2)
 
 
 def test_fit_can_be_cancelled(face_model):

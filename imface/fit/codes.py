@@ -33,8 +33,23 @@ class CodeFit:
     restarts: int = 1  # restarts run in all (a poor fit is retried with more)
 
 
-def _initial_codes(model: ImFace, restarts: int, init_id, init_exp, spread, generator) -> list[torch.Tensor]:
+@dataclass
+class CodeProblem:
+    """One scan's codes to fit: its SDF samples in the model frame (surface_points, surface_normals,
+    space_points, space_sdf, and optionally their hashes) and where the fit starts. A known
+    identity (`fixed_identity`) holds z_id there and fits the rest."""
+
+    samples: dict[str, torch.Tensor]
+    init_id: torch.Tensor | None = None
+    init_exp: torch.Tensor | None = None
+    fixed_identity: torch.Tensor | None = None
+
+
+def _initial_codes(
+    model: ImFace, restarts: int, problem: CodeProblem, spread, generator
+) -> list[torch.Tensor]:
     cfg = model.config
+    init_id, init_exp = problem.init_id, problem.init_exp
     z_id = torch.zeros(cfg.id_dim) if init_id is None else init_id.detach().float().clone()
     z_exp = torch.zeros(cfg.exp_dim) if init_exp is None else init_exp.detach().float().clone()
     z_id, z_exp = z_id.repeat(restarts, 1), z_exp.repeat(restarts, 1)
@@ -74,47 +89,95 @@ def fit_codes_job(
     Yields one record an iteration (loss in `values`, the best restart's codes as `preview`);
     closing the job stops it and leaves the network trainable again.
     """
+    problem = CodeProblem(samples, init_id, init_exp, fixed_identity)
+    job = fit_many_codes_job(model, [problem], config, spread=spread, weights=weights, prior_std=prior_std)
+    try:
+        while True:
+            record = next(job)
+            record.preview = record.preview[0]
+            yield record
+    except StopIteration as stop:
+        return stop.value[0]
+    finally:
+        job.close()
+
+
+def fit_many_codes_job(
+    model: ImFace,
+    problems: list[CodeProblem],
+    config: FitConfig | None = None,
+    *,
+    spread: tuple[float, float] = (0.0, 0.0),
+    weights: LossWeights | None = None,
+    prior_std: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Job[list[CodeFit]]:
+    """`fit_codes_job` for several scans at once: their restarts are rows of one batch through
+    the network (4 scans take ~3 scans' time on a 2-core CPU), each row with its own scan's
+    samples and loss, so every scan gets the codes it would get alone. Records carry the mean of
+    the scans' best losses and, as `preview`, each scan's best codes."""
     cfg = config or FitConfig()
     w = weights or LossWeights()
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(cfg.seed)
-    restarts = max(cfg.restarts, 1)
-    params = [
-        p.to(device).requires_grad_(True)
-        for p in _initial_codes(model, restarts, init_id, init_exp, spread, generator)
+    restarts, count = max(cfg.restarts, 1), len(problems)
+    generators = [torch.Generator().manual_seed(cfg.seed) for _ in problems]  # as if alone
+    starts = [
+        _initial_codes(model, restarts, p, spread, g) for p, g in zip(problems, generators, strict=True)
     ]
-    if fixed_identity is not None:
-        params[0] = fixed_identity.detach().float().reshape(1, -1).repeat(restarts, 1).to(device)
-    optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=cfg.lr)
+    params = [torch.cat(parts).to(device).requires_grad_(True) for parts in zip(*starts, strict=True)]
+    fixed_rows, fixed_values = _fixed_identities(problems, restarts, model.config.id_dim, device)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
     whiten = _whitening(prior_std, device)
     for p in model.parameters():
         p.requires_grad_(False)
-    samples = {k: v.to(device) for k, v in samples.items()}
-    start, history = time.perf_counter(), []
-    per_restart = torch.zeros(restarts)
+    samples = [{k: v.to(device) for k, v in p.samples.items()} for p in problems]
+    start, histories = time.perf_counter(), [[] for _ in problems]
+    per_row = torch.zeros(count * restarts)
+
+    def codes_in_use():
+        z_id = torch.where(fixed_rows[:, None], fixed_values, params[0])
+        return [z_id, *params[1:]]
+
+    def best_codes():
+        winners = per_row.detach().view(count, restarts).argmin(1)
+        rows = torch.arange(count) * restarts + winners
+        return [_best_codes(codes_in_use(), int(row)) for row in rows]
+
     try:
         for it in range(cfg.iterations):
             for group in optimizer.param_groups:  # cosine decay to 5 % of the initial rate
                 group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations)))
             points = _points_for_iteration(cfg, it)
-            batch = _draw(samples, points, generator, device, it)
-            per_restart = _restart_losses(model, params, batch, w, cfg, restarts, whiten)
+            batches = [_draw(s, points, g, device, it) for s, g in zip(samples, generators, strict=True)]
+            per_row = _row_losses(model, codes_in_use(), batches, restarts, w, cfg, whiten)
             optimizer.zero_grad(set_to_none=True)
-            per_restart.sum().backward()
+            per_row.sum().backward()
             optimizer.step()
             if prior_std is not None:
                 _keep_in_range(params, prior_std, cfg.code_bound_std)
-            best = float(per_restart.detach().min())
-            history.append(best)
-            codes = _best_codes(params, int(torch.argmin(per_restart.detach())))
-            yield Progress(FITTING, it + 1, cfg.iterations, values={"loss": best}, preview=codes)
+            best = per_row.detach().view(count, restarts).min(1).values
+            for history, value in zip(histories, best.tolist(), strict=True):
+                history.append(value)
+            values = {"loss": float(best.mean())}
+            yield Progress(FITTING, it + 1, cfg.iterations, values=values, preview=best_codes())
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    codes = _best_codes(params, int(torch.argmin(per_restart.detach())))
-    return CodeFit(
-        codes, history[-1] if history else float("nan"), cfg.iterations, time.perf_counter() - start, history
-    )
+    seconds = time.perf_counter() - start
+    return [
+        CodeFit(codes, history[-1] if history else float("nan"), cfg.iterations, seconds, history)
+        for codes, history in zip(best_codes(), histories, strict=True)
+    ]
+
+
+def _fixed_identities(problems, restarts: int, id_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows,) which rows hold a known identity, and (rows, id_dim) that identity (0 elsewhere)."""
+    fixed, values = [], []
+    for problem in problems:
+        known = problem.fixed_identity
+        fixed.append(torch.full((restarts,), known is not None))
+        value = torch.zeros(id_dim) if known is None else known.detach().float().reshape(-1)
+        values.append(value.repeat(restarts, 1))
+    return torch.cat(fixed).to(device), torch.cat(values).to(device)
 
 
 def _best_codes(params, winner: int) -> Codes:
@@ -171,26 +234,42 @@ def _whitening(prior_std, device) -> tuple[torch.Tensor, torch.Tensor] | None:
     return tuple((s.max() / s.clamp(min=1e-3 * float(s.max()))).to(device) for s in prior_std)
 
 
-def _restart_losses(
-    model: ImFace, params, batch, w: LossWeights, cfg: FitConfig, restarts: int, whiten=None
+def _row_losses(
+    model: ImFace, params, batches: list[dict], restarts: int, w: LossWeights, cfg: FitConfig, whiten=None
 ) -> torch.Tensor:
-    """Eq. 17 per restart: SDF L1, normal, eikonal and embedding terms; (R,)."""
-    surface, space = batch["surface_points"], batch["space_points"]
-    n_s = surface.shape[0]
-    points = torch.cat([surface, space]).repeat(restarts, 1).detach().requires_grad_(True)
-    per = n_s + space.shape[0]
-    index = torch.arange(restarts, device=points.device).repeat_interleave(per)
+    """Eq. 17 per row (a restart of a scan; rows are scan-major, `restarts` a scan, each with its
+    scan's batch): SDF L1, normal, eikonal and embedding terms; (rows,)."""
+    device = params[0].device
+    rows = [batch for batch in batches for _ in range(restarts)]
+    n_s = torch.tensor([len(b["surface_points"]) for b in rows], device=device)
+    n_u = torch.tensor([len(b["space_points"]) for b in rows], device=device)
+    parts = [t for b in rows for t in (b["surface_points"], b["space_points"])]
+    points = torch.cat(parts).detach().requires_grad_(True)
+    index = torch.arange(len(rows), device=device).repeat_interleave(n_s + n_u)
+    on_surface = torch.cat([torch.arange(s + u, device=device) < s for s, u in zip(n_s, n_u, strict=True)])
     codes = Codes(params[0], params[1], None, params[2] if len(params) > 2 else None)
     out = model(points, index, codes, detail=len(params) > 2)
-    sdf = out.sdf.view(restarts, per)
-    grad = spatial_gradient(out.sdf, points, create_graph=True).view(restarts, per, 3)
-    sdf_term = 0.5 * (sdf[:, :n_s].abs().mean(1) + (sdf[:, n_s:] - batch["space_sdf"]).abs().mean(1))
-    cos = torch.nn.functional.cosine_similarity(grad[:, :n_s], batch["surface_normals"][None], dim=-1)
-    normal_term = (1 - cos).mean(1)
-    eikonal_term = (grad.norm(dim=-1) - 1).abs().mean(1)
+    grad = spatial_gradient(out.sdf, points, create_graph=True)
+    target = torch.cat(
+        [t for b in rows for t in (b["surface_points"].new_zeros(len(b["surface_points"])), b["space_sdf"])]
+    )
+    error = (out.sdf - target).abs()
+    per_row = lambda values, mask: _row_mean(values, index[mask], len(rows))  # noqa: E731
+    sdf_term = 0.5 * (per_row(error[on_surface], on_surface) + per_row(error[~on_surface], ~on_surface))
+    normals = torch.cat([b["surface_normals"] for b in rows])
+    cos = torch.nn.functional.cosine_similarity(grad[on_surface], normals, dim=-1)
+    normal_term = per_row(1 - cos, on_surface)
+    eikonal_term = _row_mean((grad.norm(dim=-1) - 1).abs(), index, len(rows))
     if whiten is None:
         embedding = cfg.embedding_weight * (params[0].pow(2).mean(1) + params[1].pow(2).mean(1))
     else:
         whitened = (params[0] * whiten[0]).pow(2).mean(1) + (params[1] * whiten[1]).pow(2).mean(1)
         embedding = cfg.whitened_prior_weight * whitened
     return w.sdf * sdf_term + w.normal * normal_term + w.eikonal * eikonal_term + embedding
+
+
+def _row_mean(values: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """Mean of `values` per row of `index`; (rows,)."""
+    sums = values.new_zeros(rows).index_add(0, index, values)
+    counts = torch.bincount(index, minlength=rows).clamp(min=1)
+    return sums / counts
