@@ -603,7 +603,7 @@ def test_fit_refuses_a_bad_output_before_fitting(
     def must_not_run(*args, **kwargs):
         raise AssertionError("the fit started")
 
-    monkeypatch.setattr(fit_cli, "fit_scan", must_not_run)
+    monkeypatch.setattr(fit_cli, "fit_scan_job", must_not_run)
     monkeypatch.chdir(tmp_path)
     scan = _face_scan(tmp_path / "scan.ply")
     assert main(["fit", str(scan), "--out", out, "--checkpoint", str(good_checkpoint)]) == 1
