@@ -137,7 +137,6 @@ def fit_scans_job(
 class _PreparedScan:
     """A scan aligned to the model frame and sampled like the training data."""
 
-    scan: object
     alignment: object
     surface: object  # the scan's front-visible surface (imface.fit.samples.visible_surface)
     samples: dict
@@ -164,7 +163,7 @@ def _prepare_scan(scan, unit=None, landmarks=None, alignment=None) -> Job[_Prepa
     surface = visible_surface(alignment.to_model(scan.vertices), scan.faces)
     samples = surface_samples(surface)
     sampled = time.perf_counter()
-    return _PreparedScan(scan, alignment, surface, samples, where, aligned - started, sampled - aligned)
+    return _PreparedScan(alignment, surface, samples, where, aligned - started, sampled - aligned)
 
 
 def _finish_fit(
