@@ -59,7 +59,7 @@ def add_arguments(parser) -> None:
         "--batch",
         type=int,
         default=FOLDER_BATCH,
-        help="for a folder: scans whose codes are fitted together (each gets the codes it would get alone)",
+        help="for a folder: scans whose codes are fitted together (each scan keeps its own samples and loss)",
     )
     parser.add_argument(
         "--keep-poor",

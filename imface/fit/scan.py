@@ -97,9 +97,10 @@ def fit_scans_job(
     on_poor_fit: str = "raise",
 ) -> Job[list]:
     """`fit_scan_job` for several scans whose codes are fitted as one batch through the network
-    (`fit_many_codes_job`: each scan gets the codes it would get alone, in ~3/4 of the time on a
-    2-core CPU). Returns one FitResult, or the UserError that stopped it (not a face, unreadable,
-    a poor fit), per scan, in order; a report's `fit_seconds` is the scan's share of the batch."""
+    (`fit_many_codes_job`: each scan gets the fit it gets alone up to float rounding; the codes
+    stage of 4 scans takes ~3 scans' time on a 2-core CPU). Returns one FitResult, or the
+    UserError that stopped it (not a face, unreadable, a poor fit), per scan, in order; a
+    report's `fit_seconds` is the scan's share of the batch."""
     cfg = config or FitConfig()
     outcomes: list = []
     for scan in scans:
