@@ -213,9 +213,10 @@ def fit_folder(
     stems = {scan: out / scan.relative_to(folder).with_suffix("") for scan in scans}
     todo = [scan for scan in scans if not _beside(stems[scan], ".report.json").exists()]
     counts = {"fitted": 0, "skipped": len(scans) - len(todo), "failed": 0}
+    batch = max(batch, 1)
     with tqdm(total=len(todo), desc="fit", unit="scan") as bar:
-        for first in range(0, len(todo), max(batch, 1)):
-            group = todo[first : first + max(batch, 1)]
+        for first in range(0, len(todo), batch):
+            group = todo[first : first + batch]
             for scan, outcome in _fit_group(checkpoint, group, config, resolution, options):
                 stem = stems[scan]
                 stem.parent.mkdir(parents=True, exist_ok=True)

@@ -242,12 +242,13 @@ def _row_losses(
     scan's batch): SDF L1, normal, eikonal and embedding terms; (rows,)."""
     device = params[0].device
     rows = [batch for batch in batches for _ in range(restarts)]
-    n_s = torch.tensor([len(b["surface_points"]) for b in rows], device=device)
-    n_u = torch.tensor([len(b["space_points"]) for b in rows], device=device)
+    sizes = [(len(b["surface_points"]), len(b["space_points"])) for b in rows]  # (surface, space)
     parts = [t for b in rows for t in (b["surface_points"], b["space_points"])]
     points = torch.cat(parts).detach().requires_grad_(True)
-    index = torch.arange(len(rows), device=device).repeat_interleave(n_s + n_u)
-    on_surface = torch.cat([torch.arange(s + u, device=device) < s for s, u in zip(n_s, n_u, strict=True)])
+    index = torch.arange(len(rows), device=device).repeat_interleave(
+        torch.tensor([s + u for s, u in sizes], device=device)
+    )
+    on_surface = torch.cat([torch.arange(s + u, device=device) < s for s, u in sizes])
     codes = Codes(params[0], params[1], None, params[2] if len(params) > 2 else None)
     out = model(points, index, codes, detail=len(params) > 2)
     grad = spatial_gradient(out.sdf, points, create_graph=True)

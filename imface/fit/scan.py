@@ -118,7 +118,7 @@ def fit_scans_job(
     ]
     fits = yield from fit_many_codes_job(checkpoint.model, problems, cfg, **_code_fit_options(checkpoint))
     share = (time.perf_counter() - started) / len(prepared)
-    finished = {}
+    finished = []
     for p, problem, fit in zip(prepared, problems, fits, strict=True):
         started = time.perf_counter()
         fit.restarts, fit.seconds = cfg.restarts, share
@@ -126,12 +126,13 @@ def fit_scans_job(
         fit, distances = yield from _retry_if_poor(checkpoint, problem, cfg, fit, distances, 0, p.alignment)
         seconds = share + time.perf_counter() - started
         try:
-            finished[id(p)] = yield from _finish_fit(
-                checkpoint, p, fit, distances, seconds, cfg, resolution, on_poor_fit
+            finished.append(
+                (yield from _finish_fit(checkpoint, p, fit, distances, seconds, cfg, resolution, on_poor_fit))
             )
         except UserError as exc:
-            finished[id(p)] = exc
-    return [finished[id(p)] if isinstance(p, _PreparedScan) else p for p in outcomes]
+            finished.append(exc)
+    done = iter(finished)  # in the order of the prepared scans
+    return [next(done) if isinstance(p, _PreparedScan) else p for p in outcomes]
 
 
 @dataclass
