@@ -43,6 +43,9 @@ class ModelConfig:
     detail_frequencies: int = 6  # positional encoding of template coordinates
     detail_max: float = 0.05  # r = detail_max * tanh(g) / (1 + (s / detail_band)^4)
     detail_band: float = 0.02
+    # warps learn a residual on the linear face of the registration bases (imface/model/backbone.py);
+    # needs code_space "registrations"
+    linear_backbone: bool = False
 
     @classmethod
     def paper(cls, **overrides: Any) -> ModelConfig:

@@ -166,8 +166,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         z_detail=tensors["codes.z_detail"].float() if "codes.z_detail" in tensors else None,
         **labels,
     )
-    model.to(device).eval()
     basis = ShapeBasis.from_tensors(tensors)
+    if config.linear_backbone and basis is None:
+        raise CheckpointError(f"{path}: the model is built on registration bases the file does not hold")
+    model.attach_basis(basis)
+    model.to(device).eval()
     return Checkpoint(model, codes, meta, path, file_sha256(path), basis)
 
 

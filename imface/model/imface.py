@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from imface.config import ModelConfig
+from imface.model.backbone import LinearBackbone, LinearFaces
+from imface.model.basis import ShapeBasis
 from imface.model.blend import HyperBlendField, StaticBlendField
 from imface.model.layers import (
     ScanGroups,
@@ -90,6 +92,7 @@ class PreparedCodes:
     id_layers: list[tuple[Tensor, Tensor]]
     exp_landmarks: Tensor  # (S, 5, 3) l: landmarks of the observed face
     neutral_landmarks: Tensor  # (S, 5, 3) l': landmarks of the neutral face
+    linear: LinearFaces | None = None  # the linear faces of the codes (linear_backbone)
 
 
 @dataclass
@@ -188,6 +191,15 @@ class ImFace(nn.Module):
         self.exp_landmark_net = LandmarkNet(cfg.exp_dim + cfg.id_dim, cfg.landmark_hidden, cfg.n_landmarks)
         self.id_landmark_net = LandmarkNet(cfg.id_dim, cfg.landmark_hidden, cfg.n_landmarks)
         self.detail_field = DetailField(cfg) if cfg.detail else None
+        self.backbone: LinearBackbone | None = None  # set by attach_basis (linear_backbone)
+
+    def attach_basis(self, basis: ShapeBasis | None) -> None:
+        """Build the linear backbone from the checkpoint's bases (a no-op without linear_backbone)."""
+        if not self.config.linear_backbone:
+            return
+        if basis is None:
+            raise ValueError("this model's warps are built on registration bases, and none were given")
+        self.backbone = LinearBackbone(basis).to(self.template_landmarks.device)
 
     # -- codes -> weights and landmarks ------------------------------------------------------
     def prepare(self, codes: Codes) -> PreparedCodes:
@@ -201,6 +213,11 @@ class ImFace(nn.Module):
             predicted = self.exp_landmark_net(exp_in, self.template_landmarks)
             exp_landmarks = torch.where(neutral[:, None, None], neutral_landmarks, predicted)
             exp_layers = self.exp_field.generate(codes.z_exp[expressive])
+        linear = None
+        if self.config.linear_backbone:
+            if self.backbone is None:
+                raise ValueError("this model needs its registration bases: call attach_basis first")
+            linear = self.backbone.faces(codes.z_id, codes.z_exp)
         return PreparedCodes(
             codes=codes,
             expressive=expressive,
@@ -208,6 +225,7 @@ class ImFace(nn.Module):
             id_layers=self.id_field.generate(codes.z_id),
             exp_landmarks=exp_landmarks,
             neutral_landmarks=neutral_landmarks,
+            linear=linear,
         )
 
     # -- the three fields on padded (S, P, 3) points --------------------------------------------
@@ -217,16 +235,21 @@ class ImFace(nn.Module):
             return x
         rows = prep.expressive
         field = self.exp_field(x[rows], prep.exp_landmarks[rows], prep.exp_layers)
+        warped = apply_warp(self.config.deformation, field, x[rows])
+        if prep.linear is not None:
+            warped = warped - self.backbone.expression_displacement(prep.linear, rows, x[rows])
         if rows.numel() == x.shape[0]:
-            return apply_warp(self.config.deformation, field, x)
+            return warped
         out = x.clone()
-        out[rows] = apply_warp(self.config.deformation, field, x[rows])
+        out[rows] = warped
         return out
 
     def identity_warp(self, x: Tensor, prep: PreparedCodes) -> tuple[Tensor, Tensor]:
         """Canonical -> template space, and the SDF correction delta (S, P)."""
         field = self.id_field(x, prep.neutral_landmarks, prep.id_layers)
         warped = apply_warp(self.config.deformation, field[..., :-1], x)
+        if prep.linear is not None:
+            warped = warped - self.backbone.identity_displacement(prep.linear, x)
         return warped, field[..., -1]
 
     def template_sdf(self, x: Tensor) -> Tensor:

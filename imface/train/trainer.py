@@ -177,6 +177,9 @@ class Trainer:
         )
         self.decoder.model.template_landmarks.copy_(data.template_landmarks())
         self.basis = tie_codes(self.decoder, data) if cfg.code_space == "registrations" else None
+        if cfg.model.linear_backbone and self.basis is None:
+            raise UserError('model.linear_backbone needs code_space "registrations"')
+        self.decoder.model.attach_basis(self.basis)
         self.decoder.to(env.device)
         code_params = [p for p in (self.decoder.id_codes, self.decoder.exp_codes) if p.requires_grad]
         if self.decoder.detail_codes is not None:
