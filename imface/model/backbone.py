@@ -64,8 +64,7 @@ class LinearBackbone(nn.Module):
         corners = torch.tensor(_CORNERS)
         offsets = (corners[:, 2] * counts[1] + corners[:, 1]) * counts[0] + corners[:, 0]
         self.register_buffer("corner_offsets", offsets, persistent=False)
-        for axis, name in enumerate(("corner_x", "corner_y", "corner_z")):
-            self.register_buffer(name, corners[:, axis].contiguous(), persistent=False)
+        self.register_buffer("corners", corners, persistent=False)  # (8, 3): low (0) or high (1) node
         self.cell = cell
 
     def faces(self, z_id: Tensor, z_exp: Tensor) -> LinearFaces:
@@ -103,7 +102,8 @@ class LinearBackbone(nn.Module):
         s, p, channels = base.shape[0], base.shape[1], grid.shape[-1]
         values = torch.gather(grid, 1, index.view(s, p * 8, 1).expand(-1, -1, channels))
         sides = torch.stack([1 - t, t], dim=-1)  # (S, P, 3, 2): weights of the low and high node
-        weights = sides[..., 0, self.corner_x] * sides[..., 1, self.corner_y] * sides[..., 2, self.corner_z]
+        c = self.corners
+        weights = sides[..., 0, c[:, 0]] * sides[..., 1, c[:, 1]] * sides[..., 2, c[:, 2]]  # (S, P, 8)
         return (weights[..., None, :] @ values.view(s, p, 8, channels)).squeeze(-2)
 
 
