@@ -118,3 +118,36 @@ def test_a_backbone_checkpoint_rebuilds_its_backbone_and_one_without_bases_is_re
     save_checkpoint(tmp_path / "stripped.safetensors", ckpt.model, ckpt.codes)  # bases left out
     with pytest.raises(CheckpointError, match="registration bases"):
         load_checkpoint(tmp_path / "stripped.safetensors")
+
+
+def test_the_linear_face_moves_with_the_point_as_the_exact_preimage_does():
+    """Only the last fixed-point step is in the graph: the derivative of e along x must still
+    follow the exact preimage's (central differences after 30 steps), or normals would be off."""
+    basis = sheet_basis()
+    backbone = LinearBackbone(basis)
+    id_std, exp_std = basis.code_std()
+    z_id = torch.zeros(1, 4)
+    z_id[0, :2] = torch.tensor([2.5, -2.0]) * id_std[:2]
+    z_exp = torch.zeros(1, 3)
+    z_exp[0, 0] = 2.0 * exp_std[0]
+    faces = backbone.faces(z_id, z_exp)
+    both = torch.cat([faces.identity, faces.expression], -1)
+    x = basis.face(z_id[0], z_exp[0])[None, ::7].clone().requires_grad_(True)
+    e = backbone.expression_displacement(faces, torch.tensor([0]), x)
+    rows = [torch.autograd.grad(e[..., i].sum(), x, retain_graph=True)[0] for i in range(3)]
+    jacobian = torch.stack(rows, -2)
+
+    def exact(points):
+        q = points
+        for _ in range(30):
+            moved = backbone.sample(both, q)
+            q = points - moved[..., :3] - moved[..., 3:]
+        return backbone.sample(both[..., 3:], q)
+
+    h = 1e-3
+    with torch.no_grad():
+        steps = torch.eye(3) * h
+        differences = torch.stack([(exact(x + s) - exact(x - s)) / (2 * h) for s in steps], -1)
+    scale = float(differences.abs().max())
+    assert scale > 0.05  # the expression really moves with x here
+    assert float((jacobian - differences).abs().max()) < 0.15 * scale
