@@ -109,9 +109,7 @@ def surface_correspondence(
 
     template_b, faces_b = np.asarray(template_b, np.float64), np.asarray(faces_b)
     mesh = trimesh.Trimesh(template_b, faces_b, process=False)
-    used = np.unique(faces_b)  # vertices of some triangle: each has candidates
-    nearest = cKDTree(template_b[used]).query(np.asarray(template_a), k=rings)[1]
-    nearest = used[nearest.reshape(len(template_a), -1)]
+    nearest = cKDTree(template_b).query(np.asarray(template_a), k=rings)[1].reshape(len(template_a), -1)
     candidates = mesh.vertex_faces[nearest].reshape(len(template_a), -1)  # -1 pads
     rows, slots = np.nonzero(candidates >= 0)
     triangles = candidates[rows, slots]
