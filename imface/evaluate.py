@@ -16,7 +16,6 @@ import torch
 
 from imface.baseline import PCAModel, corpus_region
 from imface.config import FitConfig
-from imface.correspond import surface_correspondence
 from imface.errors import UserError
 from imface.fit.codes import fit_codes
 from imface.fit.refine import refine_to_scan
@@ -91,10 +90,10 @@ class Evaluator:
 
     # -- pairs -----------------------------------------------------------------------------
     def correspondence(self, key_a: str, key_b: str) -> dict[str, float]:
-        """Map A's true vertices onto B's fitted surface through template space (ImFace) or
-        through the PCA's topology; error against B's true vertex of the same index. Scored on
-        the surface both scans show (registered vertices within 1 mm of both cropped scans: no
-        sides beyond the crop, no cavities), and beside it on every vertex inside the sphere."""
+        """Map A's true vertices to B through template space (ImFace) or through the PCA's vertex
+        indices; error against B's true vertex of the same index. Scored on the surface both
+        scans show (registered vertices within 1 mm of both cropped scans: no sides beyond the
+        crop, no cavities), and beside it on every vertex inside the 100 mm sphere."""
         arrays_a, arrays_b = self.corpus.load(key_a), self.corpus.load(key_b)
         true_a = np.asarray(arrays_a["registered_vertices"], dtype=np.float32)
         true_b = np.asarray(arrays_b["registered_vertices"], dtype=np.float32)
@@ -103,13 +102,12 @@ class Evaluator:
         fa, fb = self.fits[key_a], self.fits[key_b]
         template_a = self._template(fa["codes"], true_a)
         template_b = self._template(fb["codes"], fb["mesh"].vertices)
-        # where each method sends every vertex of A on B's fitted surface (a point of a triangle,
-        # not the nearest vertex): ImFace where the template coordinates meet; the PCA at the
-        # barycentric coordinates of A's vertex on A's fitted mesh; without a model, B's closest point
-        mesh_b = fb["mesh"]
-        imface_b = surface_correspondence(template_a, template_b, mesh_b.faces, mesh_b.vertices)
-        pca_b = surface_correspondence(true_a, fa["pca_vertices"], self.pca.faces, fb["pca_vertices"])
-        raw_b = surface_correspondence(true_a, mesh_b.vertices, mesh_b.faces, mesh_b.vertices)
+        from scipy.spatial import cKDTree
+
+        # where each method sends every vertex of A on B's fitted surface
+        imface_b = fb["mesh"].vertices[cKDTree(template_b).query(template_a)[1]]
+        pca_b = fb["pca_vertices"][cKDTree(fa["pca_vertices"]).query(true_a)[1]]
+        raw_b = fb["mesh"].vertices[cKDTree(fb["mesh"].vertices).query(true_a)[1]]  # no model
         regions = face_regions(true_b[visible], np.asarray(arrays_b["landmarks68"]))
         imface = correspondence_error_by_region(imface_b[visible], true_b[visible], regions)
         pca = correspondence_error_by_region(pca_b[visible], true_b[visible], regions)
