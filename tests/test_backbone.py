@@ -26,16 +26,22 @@ def sheet_basis(id_dim=4, exp_dim=3):
     return ShapeBasis(t(mean), t(identity), t(expression))
 
 
-def test_the_backbone_carries_every_linear_face_back_to_the_mean():
-    """For codes the training never saw, each vertex of the linear face is sent to its own mean
-    vertex: d(q) is found where the face is, not where the mean is."""
-    basis = sheet_basis()
-    backbone = LinearBackbone(basis)
+def unseen_codes(basis):
+    """(1, 4), (1, 3) codes far from the mean: a strong bulge and shear, the 'jaw' well open."""
     id_std, exp_std = basis.code_std()
     z_id = torch.zeros(1, 4)
     z_id[0, :2] = torch.tensor([2.5, -2.0]) * id_std[:2]
     z_exp = torch.zeros(1, 3)
     z_exp[0, 0] = 2.0 * exp_std[0]
+    return z_id, z_exp
+
+
+def test_the_backbone_carries_every_linear_face_back_to_the_mean():
+    """For codes the training never saw, each vertex of the linear face is sent to its own mean
+    vertex: d(q) is found where the face is, not where the mean is."""
+    basis = sheet_basis()
+    backbone = LinearBackbone(basis)
+    z_id, z_exp = unseen_codes(basis)
     face = basis.face(z_id[0], z_exp[0])
     neutral = basis.face(z_id[0], torch.zeros(3))
     interior = (basis.mean[:, :2].abs() < 0.3).all(1)
@@ -125,11 +131,7 @@ def test_the_linear_face_moves_with_the_point_as_the_exact_preimage_does():
     follow the exact preimage's (central differences after 30 steps), or normals would be off."""
     basis = sheet_basis()
     backbone = LinearBackbone(basis)
-    id_std, exp_std = basis.code_std()
-    z_id = torch.zeros(1, 4)
-    z_id[0, :2] = torch.tensor([2.5, -2.0]) * id_std[:2]
-    z_exp = torch.zeros(1, 3)
-    z_exp[0, 0] = 2.0 * exp_std[0]
+    z_id, z_exp = unseen_codes(basis)
     faces = backbone.faces(z_id, z_exp)
     both = torch.cat([faces.identity, faces.expression], -1)
     x = basis.face(z_id[0], z_exp[0])[None, ::7].clone().requires_grad_(True)
