@@ -23,6 +23,7 @@ import torch
 from diagnose_floors import basis_vertices_in, registration_codes
 from machine import describe as describe_machine
 
+from imface.evaluate import transfer_triples
 from imface.extract import face_mesh
 from imface.io import DEFAULT_CHECKPOINT, load_checkpoint
 from imface.metrics import compare_meshes
@@ -56,32 +57,28 @@ def main() -> None:
         raise SystemExit("this diagnosis needs a model whose codes are tied to registrations")
     train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
     pick = basis_vertices_in(ckpt, corpus, train_keys)
-    table = {(corpus.record(k)["identity"], corpus.record(k)["expression"]): k for k in test_keys}
-    people = sorted(args.people.split(",") if args.people else {identity for identity, _ in table})
+    people = set(args.people.split(",")) if args.people else None
+    records = {r["key"]: r for r in corpus.scans}
+    keys = [k for k in test_keys if people is None or records[k]["identity"] in people]
     rows = []
-    for n, source in enumerate(people):
-        target = people[(n + 1) % len(people)]
-        for (identity, expression), key in sorted(table.items()):
-            truth = table.get((target, expression))
-            if identity != source or truth is None or corpus.record(key)["neutral"]:
-                continue
-            source_codes, _ = registration_codes(ckpt, corpus, key, pick)
-            own_codes, linear_own = registration_codes(ckpt, corpus, truth, pick)
-            moved = Codes(own_codes.z_id, source_codes.z_exp)
-            arrays = corpus.load(truth)
-            registered = np.asarray(arrays["registered_vertices"])[pick]
-            linear_moved = ckpt.basis.face(moved.z_id[0], moved.z_exp[0]).numpy()
-            linear_moved_mm = float(np.linalg.norm(linear_moved - registered, axis=1).mean()) * 100
-            row = {
-                "pair": f"{source} -> {target}",
-                "expression": expression,
-                "own_codes_chamfer_mm": chamfer_to_scan(ckpt.model, own_codes, arrays, args),
-                "transferred_codes_chamfer_mm": chamfer_to_scan(ckpt.model, moved, arrays, args),
-                "linear_own_codes_mm": linear_own,
-                "linear_transferred_codes_mm": linear_moved_mm,
-            }
-            rows.append(rounded(row))
-            print(json.dumps(rows[-1]), flush=True)
+    for key, _, _, truth in transfer_triples(records, keys):
+        source_codes, _ = registration_codes(ckpt, corpus, key, pick)
+        own_codes, linear_own = registration_codes(ckpt, corpus, truth, pick)
+        moved = Codes(own_codes.z_id, source_codes.z_exp)
+        arrays = corpus.load(truth)
+        registered = np.asarray(arrays["registered_vertices"])[pick]
+        linear_moved = ckpt.basis.face(moved.z_id[0], moved.z_exp[0]).numpy()
+        linear_moved_mm = float(np.linalg.norm(linear_moved - registered, axis=1).mean()) * 100
+        row = {
+            "pair": f"{records[key]['identity']} -> {records[truth]['identity']}",
+            "expression": records[key]["expression"],
+            "own_codes_chamfer_mm": chamfer_to_scan(ckpt.model, own_codes, arrays, args),
+            "transferred_codes_chamfer_mm": chamfer_to_scan(ckpt.model, moved, arrays, args),
+            "linear_own_codes_mm": linear_own,
+            "linear_transferred_codes_mm": linear_moved_mm,
+        }
+        rows.append(rounded(row))
+        print(json.dumps(rows[-1]), flush=True)
     mean = {m: round(float(np.mean([r[m] for r in rows])), 3) for m in rows[0] if m.endswith("_mm")}
     summary = {
         "benchmark": "diagnose_transfer",

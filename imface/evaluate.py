@@ -265,9 +265,11 @@ def _pairs_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
     return {m: float(np.mean([r[m] for r in results])) for m in results[0]}
 
 
-def _transfer_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
-    table = {(ev.records[k]["identity"], ev.records[k]["expression"]): k for k in keys}
-    neutral = {ident: k for (ident, _), k in table.items() if ev.records[k]["neutral"]}
+def transfer_triples(records: dict[str, dict], keys) -> list[tuple[str, str, str, str]]:
+    """(A's expressive scan, A's neutral, B's neutral, B's scan of that expression) for each
+    person A and the next person B in sorted order, over every expression both have."""
+    table = {(records[k]["identity"], records[k]["expression"]): k for k in keys}
+    neutral = {ident: k for (ident, _), k in table.items() if records[k]["neutral"]}
     identities = sorted(neutral)
     triples = []
     for n, src in enumerate(identities):
@@ -276,8 +278,13 @@ def _transfer_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
             continue
         for (ident, expression), key in table.items():
             truth = table.get((dst, expression))
-            if ident == src and truth and not ev.records[key]["neutral"]:
+            if ident == src and truth and not records[key]["neutral"]:
                 triples.append((key, neutral[src], neutral[dst], truth))
+    return triples
+
+
+def _transfer_mean(ev: Evaluator, keys) -> Job[dict[str, float]]:
+    triples = transfer_triples(ev.records, keys)
     results = []
     for j, triple in enumerate(triples):
         results.append(ev.transfer(*triple))
@@ -341,9 +348,11 @@ def markdown(summary: dict) -> str:
             extra.append("")
     if summary.get("transfer_chamfer_mm"):
         t = summary["transfer_chamfer_mm"]
-        held = f" (A's expression code refitted with A's identity held: {t['imface_identity_held']:.3f} mm)"
-        extra.append(
-            f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm"
-            f"{held if 'imface_identity_held' in t else ''}, PCA {t['pca']:.3f} mm."
-        )
+        held = ""
+        if "imface_identity_held" in t:
+            held = (
+                f" (A's expression code refitted with A's identity held: {t['imface_identity_held']:.3f} mm)"
+            )
+        line = f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm{held}, PCA {t['pca']:.3f} mm."
+        extra.append(line)
     return "\n".join(lines + [""] + extra) + "\n"
