@@ -196,6 +196,9 @@ class LossWeights:
     # warps the faces between the training people (0: off)
     correspondence_between: float = 0.0
     neutral_suppression: float = 100.0
+    # faces of random codes keep the targets' height-field order (SDF non-decreasing towards the
+    # viewer): no pockets or floating pieces where no scan supervises (0: off)
+    height_field: float = 0.0
     detail_sdf: float = 3000.0
     detail_normal: float = 100.0
     detail_embedding: float = 1e6
@@ -214,6 +217,8 @@ class TrainConfig:
     scans_per_batch: int = 8
     points_per_scan: int = 4096  # half on the surface, half in the sphere
     correspondence_points: int = 512  # registered points per scan (0: off; only scans with one)
+    random_faces: int = 4  # faces of random codes per step for the height_field term
+    random_face_points: int = 512  # points in the 100 mm sphere per random face
     lr: float = 1e-4
     code_lr: float = 1e-3
     lr_decay: float = 0.95

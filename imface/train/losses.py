@@ -100,6 +100,8 @@ def batch_losses(
         terms.update(correspondence_terms(model, prep, batch, w))
     if "between_points" in batch and bool(batch["between_has"].any()):
         terms["correspondence_between"] = w.correspondence_between * between_error(model, codes, batch)
+    if "random_points" in batch:
+        terms["height_field"] = w.height_field * height_field_error(decoder, batch)
     if use_detail:
         fine_grad = spatial_gradient(out.sdf, points, create_graph=True)
         detail_terms: dict[str, Tensor] = {}
@@ -195,6 +197,48 @@ def between_error(model: ImFace, codes: Codes, batch) -> Tensor:
     canonical = (out.canonical.view(b, k, 3)[has] - batch["between_canonical"][has]).abs().mean()
     template = (out.template.view(b, k, 3)[has] - batch["corr_template"][has]).abs().mean()
     return canonical + template
+
+
+# Height-field order: the targets are signed distances to a height field over (x, y) (the
+# pseudo-watertight sheet, imface/samples/preprocess.py), so along +z (towards the viewer) every
+# target SDF is non-decreasing and each column crosses the surface once. Faces of codes between
+# and beyond the training people must keep that order: a pocket or floating piece is a stretch
+# where the SDF falls going +z.
+HEIGHT_STEP = 0.03  # 3 mm: finer than the pieces the order rules out, coarser than the lips' folds
+SLOPE_TOLERANCE = 0.1  # steep sides of the face have target slopes near 0
+
+
+def random_faces(
+    generator: torch.Generator, faces: int, points: int, id_dim: int, expressions: int
+) -> dict[str, Tensor]:
+    """What the height-field term draws each step: identity noise (in std units, clipped at 3),
+    a training expression per face (-1: the zero code) and points uniform in the unit sphere."""
+    direction = torch.nn.functional.normalize(torch.randn(faces, points, 3, generator=generator), dim=-1)
+    radius = torch.rand(faces, points, 1, generator=generator) ** (1 / 3)
+    return {
+        "random_noise": torch.randn(faces, id_dim, generator=generator).clamp(-3, 3),
+        "random_expression": torch.randint(-1, max(expressions, 0), (faces,), generator=generator),
+        "random_points": direction * radius,
+    }
+
+
+def height_field_error(decoder: AutoDecoder, batch) -> Tensor:
+    """Mean violation of the height-field order by faces of random codes: identity codes spread like
+    the training people's (per dimension, out to +-3 std) with training expression codes."""
+    model = decoder.model
+    ids = decoder.id_codes.detach()
+    z_id = ids.mean(0) + batch["random_noise"] * ids.std(0)
+    rows = batch["random_expression"]
+    z_exp = decoder.exp_codes.detach()[rows.clamp(min=0)] * (rows >= 0).unsqueeze(-1)
+    prep = model.prepare(Codes(z_id, z_exp))
+    points = batch["random_points"]
+    f, p = points.shape[:2]
+    index = torch.arange(f, device=points.device).repeat_interleave(2 * p)
+    lifted = points + points.new_tensor([0.0, 0.0, HEIGHT_STEP])
+    both = torch.cat([points, lifted], dim=1).reshape(-1, 3)
+    sdf = model.query(both, prep, index, detail=False).coarse_sdf.view(f, 2, p)
+    slope = (sdf[:, 1] - sdf[:, 0]) / HEIGHT_STEP
+    return torch.relu(-slope - SLOPE_TOLERANCE).mean()
 
 
 def _embedding(codes: Codes) -> Tensor:

@@ -32,7 +32,7 @@ from imface.errors import UserError
 from imface.io import TrainedCodes, save_checkpoint
 from imface.jobs import Job, Progress, drive_with_tqdm
 from imface.model.basis import ShapeBasis, basis_vertices
-from imface.train.losses import AutoDecoder, cosine_ramp
+from imface.train.losses import AutoDecoder, cosine_ramp, random_faces
 from imface.train.rundir import MODEL_FILE, STATE_FILE, RunDir
 from imface.train.training_set import TrainingSet, batch_generator, epoch_order
 from imface.units import REGION_RADIUS
@@ -256,6 +256,10 @@ class Trainer:
         batch = self.data.batch(
             scans, cfg.points_per_scan, gen, env.device, cfg.correspondence_points, between
         )  # fmt: skip
+        if cfg.losses.height_field > 0:
+            codes = self.decoder.id_codes.shape[1], self.decoder.exp_codes.shape[0]
+            faces = random_faces(gen, cfg.random_faces, cfg.random_face_points, *codes)
+            batch.update({k: v.to(env.device) for k, v in faces.items()})
         epoch_float = self.epoch + batch_in_epoch / self.batches_per_epoch
         ramp = (
             cosine_ramp(epoch_float, cfg.detail_start_epoch, cfg.detail_ramp_epochs)
