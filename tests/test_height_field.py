@@ -24,8 +24,8 @@ def _draw(decoder, seed, points=256):
     return random_faces(generator, 4, points, decoder.id_codes.shape[1], decoder.exp_codes.shape[0])
 
 
-def _falls(decoder, batch):
-    """Share of points of the batch's faces where the SDF falls going +z (beyond the tolerance)."""
+def _crossings(decoder, batch):
+    """Share of points of the batch's faces where the SDF crosses from + to - going +z."""
     model = decoder.model
     z_id = decoder.id_codes.mean(0) + batch["random_noise"] * decoder.id_codes.std(0)
     rows = batch["random_expression"]
@@ -37,7 +37,7 @@ def _falls(decoder, batch):
             single = model.prepare(Codes(z_id[face], z_exp[face]))
             s0 = model.query(x, single, detail=False).coarse_sdf
             s1 = model.query(x + torch.tensor([0.0, 0.0, HEIGHT_STEP]), single, detail=False).coarse_sdf
-            falls.append(((s1 - s0) / HEIGHT_STEP < -0.1).float().mean())
+            falls.append(((s0 > 0) & (s1 < 0)).float().mean())
     return float(torch.stack(falls).mean())
 
 
@@ -52,7 +52,7 @@ def test_random_faces_are_drawn_from_the_generator_inside_the_region():
 
 
 def _plant_a_ball(decoder, steps=60):
-    """Teach the faces a ball's SDF, which falls along +z over the ball's lower half."""
+    """Teach the faces a ball's SDF: columns through it cross from + to - at its bottom."""
     model = decoder.model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(steps):
@@ -72,15 +72,15 @@ def test_the_term_orders_faces_of_codes_it_never_drew():
     decoder = _decoder()
     _plant_a_ball(decoder)
     held = _draw(decoder, seed=999, points=2048)  # other codes, other points
-    before = _falls(decoder, held)
-    assert before > 0.1, before
+    before = _crossings(decoder, held)
+    assert before > 0.002, before  # the points just under the ball
     optimizer = torch.optim.Adam(decoder.model.parameters(), lr=1e-3)
     for step in range(60):
         loss = height_field_error(decoder, _draw(decoder, step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = _falls(decoder, held)
+    after = _crossings(decoder, held)
     assert after < 0.3 * before, (before, after)
 
 
