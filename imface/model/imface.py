@@ -255,19 +255,6 @@ class ImFace(nn.Module):
     def template_sdf(self, x: Tensor) -> Tensor:
         return self.template_field(x, self.template_landmarks)[..., 0]
 
-    def linear_face_sdf(self, x: Tensor, prep: PreparedCodes) -> Tensor:
-        """The template SDF through the backbone's warps alone (the networks' residual off): the
-        linear face of the codes as this model's template carries it, on padded (S, P, 3) points."""
-        if prep.linear is None:
-            raise ValueError("the linear face needs a model with a linear backbone")
-        canonical = x
-        rows = prep.expressive
-        if rows.numel():
-            canonical = x.clone()
-            canonical[rows] = x[rows] - self.backbone.expression_displacement(prep.linear, rows, x[rows])
-        template = canonical - self.backbone.identity_displacement(prep.linear, canonical)
-        return self.template_sdf(template)
-
     def _chain(self, x: Tensor, prep: PreparedCodes) -> dict[str, Tensor]:
         canonical = self.expression_warp(x, prep)
         template, correction = self.identity_warp(canonical, prep)
