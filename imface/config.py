@@ -196,8 +196,8 @@ class LossWeights:
     # warps the faces between the training people (0: off)
     correspondence_between: float = 0.0
     neutral_suppression: float = 100.0
-    # faces of random codes keep the targets' height-field order (SDF non-decreasing towards the
-    # viewer): no pockets or floating pieces where no scan supervises (0: off)
+    # faces of random codes keep the targets' height-field order (each column along +z crosses the
+    # surface once, from behind to in front): no pockets or floating pieces where no scan is (0: off)
     height_field: float = 0.0
     detail_sdf: float = 3000.0
     detail_normal: float = 100.0

@@ -97,3 +97,10 @@ def test_training_draws_random_faces_and_logs_the_term(tmp_path, sphere_cache):
     records = []
     trainer.run(max_steps=3, progress=records.append)
     assert len(records) == 3 and all(r["height_field"] >= 0 for r in records)
+
+
+def test_a_corpus_of_one_person_draws_that_person():
+    decoder = AutoDecoder(
+        ModelConfig.tiny(), identities=1, scans=2, exp_index=torch.tensor([-1, 0]), init_std=0.3
+    )
+    assert torch.isfinite(height_field_error(decoder, _draw(decoder, 0)))

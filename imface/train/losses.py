@@ -228,7 +228,8 @@ def height_field_error(decoder: AutoDecoder, batch) -> Tensor:
     expression codes."""
     model = decoder.model
     ids = decoder.id_codes.detach()
-    z_id = ids.mean(0) + batch["random_noise"] * ids.std(0)
+    spread = ids.std(0) if len(ids) > 1 else torch.zeros_like(ids[0])
+    z_id = ids.mean(0) + batch["random_noise"] * spread
     rows = batch["random_expression"]
     z_exp = decoder.exp_codes.detach()[rows.clamp(min=0)] * (rows >= 0).unsqueeze(-1)
     prep = model.prepare(Codes(z_id, z_exp))
