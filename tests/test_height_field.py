@@ -5,7 +5,7 @@ import torch
 
 from imface.config import ModelConfig
 from imface.model import Codes
-from imface.train.losses import HEIGHT_STEP, AutoDecoder, height_field_error, random_faces
+from imface.train.losses import HEIGHT_STEP, AutoDecoder, height_field_error, random_codes, random_faces
 from imface.train.trainer import Dist, Trainer
 from tests.test_train import sphere_training_set, tiny_config, write_sphere_cache
 
@@ -27,18 +27,16 @@ def _draw(decoder, seed, points=256):
 def _crossings(decoder, batch):
     """Share of points of the batch's faces where the SDF crosses from + to - going +z."""
     model = decoder.model
-    z_id = decoder.id_codes.mean(0) + batch["random_noise"] * decoder.id_codes.std(0)
-    rows = batch["random_expression"]
-    z_exp = decoder.exp_codes[rows.clamp(min=0)] * (rows >= 0).unsqueeze(-1)
-    falls = []
+    codes = random_codes(decoder, batch)
+    crossings = []
     with torch.no_grad():
-        for face in range(len(z_id)):
+        for face in range(codes.num_faces):
             x = batch["random_points"][face]
-            single = model.prepare(Codes(z_id[face], z_exp[face]))
+            single = model.prepare(Codes(codes.z_id[face], codes.z_exp[face]))
             s0 = model.query(x, single, detail=False).coarse_sdf
             s1 = model.query(x + torch.tensor([0.0, 0.0, HEIGHT_STEP]), single, detail=False).coarse_sdf
-            falls.append(((s0 > 0) & (s1 < 0)).float().mean())
-    return float(torch.stack(falls).mean())
+            crossings.append(((s0 > 0) & (s1 < 0)).float().mean())
+    return float(torch.stack(crossings).mean())
 
 
 def test_random_faces_are_drawn_from_the_generator_inside_the_region():
@@ -57,7 +55,7 @@ def _plant_a_ball(decoder, steps=60):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(steps):
         batch = _draw(decoder, 10_000 + step)
-        z_id = decoder.id_codes.mean(0) + batch["random_noise"] * decoder.id_codes.std(0)
+        z_id = random_codes(decoder, batch).z_id  # the ball on every face, without expressions
         points = batch["random_points"]
         index = torch.arange(4).repeat_interleave(points.shape[1])
         prep = model.prepare(Codes(z_id, torch.zeros(4, decoder.exp_codes.shape[1])))

@@ -217,22 +217,27 @@ def random_faces(
     radius = torch.rand(faces, points, 1, generator=generator) ** (1 / 3)
     return {
         "random_noise": torch.randn(faces, id_dim, generator=generator).clamp(-3, 3),
-        "random_expression": torch.randint(-1, max(expressions, 0), (faces,), generator=generator),
+        "random_expression": torch.randint(-1, expressions, (faces,), generator=generator),
         "random_points": direction * radius,
     }
 
 
-def height_field_error(decoder: AutoDecoder, batch) -> Tensor:
-    """Mean size of the + to - crossings going +z (in units of the step) on faces of random codes:
-    identity codes spread like the training people's (per dimension, out to +-3 std) with training
-    expression codes."""
-    model = decoder.model
+def random_codes(decoder: AutoDecoder, batch) -> Codes:
+    """The codes of `random_faces`' draw: identity codes spread like the training people's (per
+    dimension, out to +-3 std) with training expression codes (or zero)."""
     ids = decoder.id_codes.detach()
     spread = ids.std(0) if len(ids) > 1 else torch.zeros_like(ids[0])
     z_id = ids.mean(0) + batch["random_noise"] * spread
     rows = batch["random_expression"]
     z_exp = decoder.exp_codes.detach()[rows.clamp(min=0)] * (rows >= 0).unsqueeze(-1)
-    prep = model.prepare(Codes(z_id, z_exp))
+    return Codes(z_id, z_exp)
+
+
+def height_field_error(decoder: AutoDecoder, batch) -> Tensor:
+    """Mean size of the + to - crossings going +z (in units of the step) on the faces of
+    `random_codes`."""
+    model = decoder.model
+    prep = model.prepare(random_codes(decoder, batch))
     points = batch["random_points"]
     f, p = points.shape[:2]
     index = torch.arange(f, device=points.device).repeat_interleave(2 * p)
