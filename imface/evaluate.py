@@ -149,11 +149,14 @@ class Evaluator:
         neutral scan (what `generate --expression-from` does with two fitted faces); the PCA adds
         A's expression offset (expression fit minus A's neutral fit) to B's neutral fit. Beside
         it, ImFace with A's expression code refitted while A's identity is held at its neutral
-        fit (a harder protocol: that code must also absorb what the neutral fit got wrong)."""
+        fit (a harder protocol: that code must also absorb what the neutral fit got wrong), and
+        ImFace with the PCA's own protocol in code space: B's neutral codes plus A's expression
+        codes minus A's neutral codes (both codes move, as both halves of the PCA's offset do)."""
         from imface.extract import face_mesh
 
         src, dst = self.fits[key_expr], self.fits[key_neutral_dst]
-        z_id_src = self.fits[key_neutral_src]["codes"].z_id[0]
+        src_neutral = self.fits[key_neutral_src]["codes"]
+        z_id_src = src_neutral.z_id[0]
         samples = _tensors(self.corpus.load(key_expr))
         held = self._fit(samples, z_id_src, src["codes"].z_exp[0], fixed_identity=z_id_src).codes.z_exp
         truth = self.corpus.load(key_truth)
@@ -161,13 +164,16 @@ class Evaluator:
         delta = src["pca_vertices"] - self.fits[key_neutral_src]["pca_vertices"]
         pca_vertices = dst["pca_vertices"] + delta  # linear model: add the expression offset
 
-        def imface_chamfer(z_exp: torch.Tensor) -> float:
-            mesh = face_mesh(self.ckpt.model, Codes(dst["codes"].z_id[0], z_exp), self.resolution)
+        def imface_chamfer(z_id: torch.Tensor, z_exp: torch.Tensor) -> float:
+            mesh = face_mesh(self.ckpt.model, Codes(z_id, z_exp), self.resolution)
             return compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)["chamfer_mm"]
 
+        offset_id = dst["codes"].z_id + src["codes"].z_id - src_neutral.z_id
+        offset_exp = dst["codes"].z_exp + src["codes"].z_exp - src_neutral.z_exp
         return {
-            "imface": imface_chamfer(src["codes"].z_exp),
-            "imface_identity_held": imface_chamfer(held),
+            "imface": imface_chamfer(dst["codes"].z_id, src["codes"].z_exp),
+            "imface_identity_held": imface_chamfer(dst["codes"].z_id, held),
+            "imface_code_offset": imface_chamfer(offset_id, offset_exp),
             "pca": compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)["chamfer_mm"],
         }
 
@@ -353,6 +359,8 @@ def markdown(summary: dict) -> str:
             held = (
                 f" (A's expression code refitted with A's identity held: {t['imface_identity_held']:.3f} mm)"
             )
+        if "imface_code_offset" in t:
+            held += f"; B's codes plus A's code offset (the PCA's protocol): {t['imface_code_offset']:.3f} mm"
         line = f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm{held}, PCA {t['pca']:.3f} mm."
         extra.append(line)
     return "\n".join(lines + [""] + extra) + "\n"

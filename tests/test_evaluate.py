@@ -86,3 +86,24 @@ def test_correspondence_error_is_reported_per_face_region():
     errors = correspondence_error_by_region(predicted, truth, regions)
     assert errors["nose"] == pytest.approx(1.0) and errors["mouth"] == pytest.approx(2.0)
     assert errors["all"] == pytest.approx(5 / 3) and "eyes" not in errors
+
+
+def test_transfer_onto_the_same_person_gives_back_their_own_fit(trained):
+    """Every transfer protocol offsets B's neutral fit by what A's expression changed; with B = A
+    the offsets must land exactly on A's own expression fit (a sign or a swapped fit shows)."""
+    from imface.config import FitConfig
+    from imface.evaluate import Evaluator
+    from imface.samples.cache import Corpus
+
+    cache, checkpoint = trained
+    ckpt, corpus = load_checkpoint(checkpoint), Corpus.open(cache)
+    train_keys, test_keys = corpus.split_for(ckpt.codes.identity_labels)
+    records = {r["key"]: r for r in corpus.scans}
+    neutral = next(k for k in test_keys if records[k]["neutral"])
+    smile = next(k for k in test_keys if not records[k]["neutral"])
+    ev = Evaluator(ckpt, corpus, test_keys, train_keys, FitConfig(iterations=5), resolution=32, points=2000)
+    own = {key: ev.fit_scan(key) for key in (neutral, smile)}[smile]
+    result = ev.transfer(smile, neutral, neutral, smile)
+    assert result["imface_code_offset"] == pytest.approx(own["imface"]["chamfer_mm"], abs=1e-6)
+    assert result["pca"] == pytest.approx(own["pca"]["chamfer_mm"], abs=1e-6)
+    assert result["imface"] > 0 and result["imface_identity_held"] > 0
