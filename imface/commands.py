@@ -262,25 +262,34 @@ def add_rig_arguments(parser) -> None:
     source.add_argument("--codes", help="codes JSON of a fitted face (from fit --codes)")
     source.add_argument("--identity", type=int, help="index of a training identity")
     parser.add_argument("--expression-from", help="codes JSON whose expression to transfer (one mesh)")
+    parser.add_argument(
+        "--expression-neutral",
+        help="codes JSON of the neutral fit of the --expression-from person: transfer the expression "
+        "as that person's code offset from neutral (more accurate)",
+    )
 
 
 def run_rig(args) -> int:
     from imface.extract import face_mesh
-    from imface.generate import export_rig, expression_codes, file_unit, write_face
+    from imface.generate import export_rig, expression_codes, file_unit, transfer_codes, write_face
 
     checkpoint = load_checkpoint(args.checkpoint)
     albedo, detail = _albedo_argument(args, args.codes), _detail_argument(args, args.codes)
+    if args.expression_neutral and not args.expression_from:
+        raise UserError("--expression-neutral needs --expression-from (the same person's expression)")
     if args.codes:
-        z_id = load_codes_json(args.codes, checkpoint).z_id[0]
+        target = load_codes_json(args.codes, checkpoint)
     else:
         if not 0 <= args.identity < checkpoint.codes.z_id.shape[0]:
             raise UserError(
                 f"identity {args.identity} out of range (0..{checkpoint.codes.z_id.shape[0] - 1})"
             )
-        z_id = checkpoint.codes.z_id[args.identity]
+        target = Codes(checkpoint.codes.z_id[args.identity], torch.zeros(checkpoint.config.exp_dim))
+    z_id = target.z_id[0]
     if args.expression_from:  # expression transfer: this identity with another face's expression
-        z_exp = load_codes_json(args.expression_from, checkpoint).z_exp[0]
-        codes = Codes(z_id, z_exp)
+        expression = load_codes_json(args.expression_from, checkpoint)
+        neutral = load_codes_json(args.expression_neutral, checkpoint) if args.expression_neutral else None
+        codes = transfer_codes(target, expression, neutral)
         mesh = face_mesh(checkpoint.model, codes, args.resolution)
         path = Path(args.out) / f"transfer.{args.format}"
         vertices, colors = _dressed(checkpoint.model, codes, mesh, albedo, detail)

@@ -20,6 +20,7 @@ from imface.errors import UserError
 from imface.fit.codes import fit_codes
 from imface.fit.refine import refine_to_scan
 from imface.fit.scan import prior_std, starting_codes
+from imface.generate import transfer_codes
 from imface.jobs import Job, Progress, drive
 from imface.metrics import (
     LANDMARK_REGIONS,
@@ -168,12 +169,11 @@ class Evaluator:
             mesh = face_mesh(self.ckpt.model, Codes(z_id, z_exp), self.resolution)
             return compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)["chamfer_mm"]
 
-        offset_id = dst["codes"].z_id + src["codes"].z_id - src_neutral.z_id
-        offset_exp = dst["codes"].z_exp + src["codes"].z_exp - src_neutral.z_exp
+        offset = transfer_codes(dst["codes"], src["codes"], src_neutral)
         return {
             "imface": imface_chamfer(dst["codes"].z_id, src["codes"].z_exp),
             "imface_identity_held": imface_chamfer(dst["codes"].z_id, held),
-            "imface_code_offset": imface_chamfer(offset_id, offset_exp),
+            "imface_code_offset": imface_chamfer(offset.z_id, offset.z_exp),
             "pca": compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)["chamfer_mm"],
         }
 

@@ -108,6 +108,20 @@ def _label_order(label: str):
 
 
 # -- the rig ----------------------------------------------------------------------------------
+def transfer_codes(target: Codes, expression: Codes, expression_neutral: Codes | None = None) -> Codes:
+    """The target face with another face's expression. Without that face's neutral: the target's
+    identity code with its expression code. With it: the target's codes plus the expression
+    face's code offset from its neutral (both codes), as a linear 3DMM transfers an expression;
+    the offset also carries what the expression fit put into the identity code, which the
+    expression code alone loses (the README's expression-transfer figures)."""
+    if expression_neutral is None:
+        return Codes(target.z_id, expression.z_exp)
+    return Codes(
+        target.z_id + expression.z_id - expression_neutral.z_id,
+        target.z_exp + expression.z_exp - expression_neutral.z_exp,
+    )
+
+
 def build_rig(model: ImFace, z_id: torch.Tensor, expressions: dict[str, torch.Tensor], resolution: int = 128):
     """Neutral mesh plus every expression on the neutral mesh's topology (fixed-topology morph).
 

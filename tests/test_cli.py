@@ -55,6 +55,10 @@ def test_generate_writes_meshes_in_mm_with_their_codes(checkpoint, tmp_path):
     assert len(codes["z_id"]) == 10
 
 
+def _vertices(path):
+    return np.asarray(trimesh.load(path, process=False).vertices)
+
+
 def test_rig_and_transfer(checkpoint, tmp_path):
     out = tmp_path / "rig"
     assert (
@@ -101,7 +105,17 @@ def test_rig_and_transfer(checkpoint, tmp_path):
         )
         == 0
     )
-    assert (out / "transfer.ply").exists()
+    own_face = _vertices(out / "transfer.ply")  # B's codes, B's expression
+    # A's expression as its offset from A's neutral: A with no offset leaves B's own face
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"z_id": [-0.3] * 10, "z_exp": [0.5] * 10}))
+    offset = ["--expression-from", str(other), "--expression-neutral", str(other)]
+    rig_b = ["rig", "--checkpoint", str(checkpoint), "--codes", str(codes), "--out", str(out)]
+    assert main([*rig_b, *offset, "--resolution", "40"]) == 0
+    assert np.allclose(_vertices(out / "transfer.ply"), own_face, atol=1e-3)  # mm: float rounding
+    assert main([*rig_b, "--expression-from", str(other), "--resolution", "40"]) == 0
+    assert not np.allclose(_vertices(out / "transfer.ply").mean(0), own_face.mean(0))
+    assert main([*rig_b, "--expression-neutral", str(other)]) == 1  # an offset needs its expression
     assert main(["rig", "--checkpoint", str(checkpoint), "--identity", "7", "--out", str(out)]) == 1
 
 
