@@ -147,7 +147,7 @@ class Evaluator:
     def transfer(self, key_expr: str, key_neutral_src: str, key_neutral_dst: str, key_truth: str) -> dict:
         """Expression of identity A onto identity B, against B's true scan with that expression.
         ImFace pairs the expression code fitted to A's scan with the identity code fitted to B's
-        neutral scan (what `generate --expression-from` does with two fitted faces); the PCA adds
+        neutral scan (what `rig --expression-from` does with two fitted faces); the PCA adds
         A's expression offset (expression fit minus A's neutral fit) to B's neutral fit. Beside
         it, ImFace with A's expression code refitted while A's identity is held at its neutral
         fit (a harder protocol: that code must also absorb what the neutral fit got wrong), and
@@ -165,15 +165,14 @@ class Evaluator:
         delta = src["pca_vertices"] - self.fits[key_neutral_src]["pca_vertices"]
         pca_vertices = dst["pca_vertices"] + delta  # linear model: add the expression offset
 
-        def imface_chamfer(z_id: torch.Tensor, z_exp: torch.Tensor) -> float:
-            mesh = face_mesh(self.ckpt.model, Codes(z_id, z_exp), self.resolution)
+        def imface_chamfer(codes: Codes) -> float:
+            mesh = face_mesh(self.ckpt.model, codes, self.resolution)
             return compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, self.points)["chamfer_mm"]
 
-        offset = transfer_codes(dst["codes"], src["codes"], src_neutral)
         return {
-            "imface": imface_chamfer(dst["codes"].z_id, src["codes"].z_exp),
-            "imface_identity_held": imface_chamfer(dst["codes"].z_id, held),
-            "imface_code_offset": imface_chamfer(offset.z_id, offset.z_exp),
+            "imface": imface_chamfer(transfer_codes(dst["codes"], src["codes"])),
+            "imface_identity_held": imface_chamfer(Codes(dst["codes"].z_id, held)),
+            "imface_code_offset": imface_chamfer(transfer_codes(dst["codes"], src["codes"], src_neutral)),
             "pca": compare_meshes(pca_vertices, self.pca.faces, gt_v, gt_f, self.points)["chamfer_mm"],
         }
 
@@ -354,13 +353,13 @@ def markdown(summary: dict) -> str:
             extra.append("")
     if summary.get("transfer_chamfer_mm"):
         t = summary["transfer_chamfer_mm"]
-        held = ""
+        also = ""
         if "imface_identity_held" in t:
-            held = (
+            also = (
                 f" (A's expression code refitted with A's identity held: {t['imface_identity_held']:.3f} mm)"
             )
         if "imface_code_offset" in t:
-            held += f"; B's codes plus A's code offset (the PCA's protocol): {t['imface_code_offset']:.3f} mm"
-        line = f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm{held}, PCA {t['pca']:.3f} mm."
+            also += f"; B's codes plus A's code offset (the PCA's protocol): {t['imface_code_offset']:.3f} mm"
+        line = f"Expression transfer Chamfer: ImFace {t['imface']:.3f} mm{also}, PCA {t['pca']:.3f} mm."
         extra.append(line)
     return "\n".join(lines + [""] + extra) + "\n"
